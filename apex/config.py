@@ -1,0 +1,130 @@
+"""Every Apex setting, in one place.
+
+Each setting has an environment variable (``APEX_`` prefix), a default and one
+line of documentation, the way faust documents its settings. ``Settings.from_env``
+reads them once; everything else takes a ``Settings`` instance. The README's
+settings table is generated from this module (``apex dev settings``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setting(env: str, default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Typed settings; build with :meth:`from_env` or override fields in tests."""
+
+    # -- local stack -------------------------------------------------------------
+    home: Path = _setting(
+        "APEX_HOME", REPO_ROOT / "var", "Folder for the local stack's data, logs and pid files."
+    )
+    kafka_version: str = _setting(
+        "APEX_KAFKA_VERSION", "4.1.1", "Apache Kafka version the local stack resolves from Maven."
+    )
+    kafka_host: str = _setting("APEX_KAFKA_HOST", "127.0.0.1", "Address Kafka listens on.")
+    kafka_port: int = _setting("APEX_KAFKA_PORT", 19092, "Kafka broker (client) port.")
+    kafka_controller_port: int = _setting(
+        "APEX_KAFKA_CONTROLLER_PORT", 19093, "Kafka KRaft controller port."
+    )
+    kafka_heap: str = _setting("APEX_KAFKA_HEAP", "1g", "Maximum Java heap of the local broker.")
+    pg_host: str = _setting("APEX_PG_HOST", "127.0.0.1", "Address PostgreSQL listens on.")
+    pg_port: int = _setting("APEX_PG_PORT", 15432, "PostgreSQL port.")
+    pg_user: str = _setting("APEX_PG_USER", "apex", "PostgreSQL role Apex connects as.")
+    pg_password: str = _setting("APEX_PG_PASSWORD", "apex", "Password of that role.")
+    pg_database: str = _setting("APEX_PG_DATABASE", "apex", "PostgreSQL database of the read models.")
+    pg_os_user: str = _setting(
+        "APEX_PG_OS_USER",
+        "embedded_postgres",
+        "OS user the local PostgreSQL runs as when Apex runs as root (created if missing).",
+    )
+    java: str = _setting("APEX_JAVA", "java", "Java (17+) executable that runs the local broker.")
+    maven: str = _setting("APEX_MAVEN", "mvn", "Maven executable that resolves the Kafka jars.")
+    stack_timeout: float = _setting(
+        "APEX_STACK_TIMEOUT", 90.0, "Seconds `apex dev up` waits for a service to answer."
+    )
+
+    # -- Kafka topology ------------------------------------------------------------
+    bootstrap_servers: str = _setting(
+        "APEX_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers; empty means the local stack."
+    )
+    topic_prefix: str = _setting("APEX_TOPIC_PREFIX", "apex.", "Prefix of every Apex topic.")
+    partitions: int = _setting("APEX_PARTITIONS", 6, "Partitions of apex.commands/events/tasks.")
+    replication_factor: int = _setting(
+        "APEX_REPLICATION_FACTOR", 1, "Replication factor of created topics."
+    )
+
+    # -- PostgreSQL --------------------------------------------------------------
+    database_url: str = _setting(
+        "APEX_DATABASE_URL", "", "SQLAlchemy URL of the read models; empty means the local stack."
+    )
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if name in env:
+                values[f.name] = _parse(env[name], f.default, name)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return (
+            f"postgresql+asyncpg://{self.pg_user}:{self.pg_password}"
+            f"@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+        )
+
+    @property
+    def asyncpg_dsn(self) -> str:
+        return self.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    def topic(self, name: str) -> str:
+        """Full topic name: ``topic("events")`` is ``apex.events`` by default."""
+        return f"{self.topic_prefix}{name}"
+
+
+def _parse(raw: str, default: Any, env_name: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw).expanduser()
+    except ValueError as exc:
+        raise ValueError(f"{env_name}={raw!r}: expected {type(default).__name__}") from exc
+    return raw
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env name, default, doc) for every setting — the README's table."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        if isinstance(default, Path):
+            try:
+                default = default.relative_to(REPO_ROOT)
+            except ValueError:
+                pass
+        rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+    return rows

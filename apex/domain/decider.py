@@ -1,0 +1,578 @@
+"""``decide(state, command) -> events``: what a command does to a run.
+
+Pure: no I/O, no clock (time is ``command.issued_at_ms``), no randomness (the
+retry jitter is drawn from the seed on ``StartRun``). Every event the decider
+emits is folded through :func:`~apex.domain.state.evolve` before the next one
+is chosen, so the decision and the fold can never disagree.
+
+What a command that cannot apply yields:
+
+* **nothing** when it is a harmless repeat under at-least-once delivery: the
+  same ``StartRun`` again (same command id or idempotency key), a report for an
+  attempt that is already finished or superseded (stale), a ``FireTimer`` for a
+  timer that already fired or no longer matters, an approval of a step already
+  approved, a rejection of a step already rejected, a cancel of a cancelled run,
+  and any worker report or timer for a finished run.
+* **CommandRejected** with the reason otherwise: an unknown run or workflow, a
+  start whose input breaks the input contract, a run id reused by another
+  start, an unknown step, an attempt from the future, an approval or rejection
+  of a step that is not waiting for one, a signal no step waits for, and any
+  cancel, signal or approval for a finished run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from apex.domain import commands as cmd
+from apex.domain import events as ev
+from apex.domain.definitions import JSON, FailurePolicy, GateWhen, Ref, StepDefinition
+from apex.domain.graph import sinks
+from apex.domain.rules import backoff_ms, contract_violations, holds, resolve, resolve_inputs
+from apex.domain.state import RunState, RunStatus, StepState, StepStatus, evolve
+
+E = TypeVar("E", bound=ev.Event)
+
+
+def decide(state: RunState | None, command: cmd.Command) -> list[ev.Event]:
+    """The events ``command`` causes in the run whose state is ``state``."""
+    if isinstance(command, cmd.StartRun):
+        return _start(state, command)
+    if state is None:
+        return [_rejection_without_run(command, f"unknown run {command.run_id!r}")]
+    decision = _Decision(state, command)
+    if state.status.finished:
+        _on_finished_run(decision, command)
+    else:
+        _HANDLERS[type(command)](decision, command)
+    return decision.events
+
+
+class _Decision:
+    """Events chosen so far, and the state they lead to."""
+
+    __slots__ = ("command", "events", "state")
+
+    def __init__(self, state: RunState | None, command: cmd.Command) -> None:
+        self.state = state
+        self.command = command
+        self.events: list[ev.Event] = []
+
+    @property
+    def run(self) -> RunState:
+        assert self.state is not None, "no run yet"
+        return self.state
+
+    @property
+    def now(self) -> int:
+        return self.command.issued_at_ms
+
+    def emit(self, event_type: type[E], **fields: Any) -> E:
+        state = self.state
+        event = event_type(
+            run_id=self.command.run_id,
+            seq=1 if state is None else state.seq + 1,
+            causation_id=self.command.command_id,
+            correlation_id=(
+                state.correlation_id
+                if state is not None
+                else self.command.correlation_id or self.command.run_id
+            ),
+            occurred_at_ms=self.command.issued_at_ms,
+            **fields,
+        )
+        self.events.append(event)
+        self.state = evolve(state, event)
+        return event
+
+    def reject(self, reason: str) -> None:
+        self.emit(ev.CommandRejected, command_type=type(self.command).__name__, reason=reason)
+
+    def step_def(self, step_id: str) -> StepDefinition:
+        return self.run.definition.step(step_id)
+
+    def outputs(self) -> dict[str, JSON]:
+        return {
+            sid: st.output
+            for sid, st in self.run.steps.items()
+            if st.status in (StepStatus.SUCCEEDED, StepStatus.AWAITING_APPROVAL)
+            and st.output is not None
+        }
+
+
+def _rejection_without_run(command: cmd.Command, reason: str) -> ev.CommandRejected:
+    return ev.CommandRejected(
+        run_id=command.run_id,
+        seq=0,
+        causation_id=command.command_id,
+        correlation_id=command.correlation_id or command.run_id,
+        occurred_at_ms=command.issued_at_ms,
+        command_type=type(command).__name__,
+        reason=reason,
+    )
+
+
+# -- starting and finishing runs ---------------------------------------------------------
+
+
+def _start(state: RunState | None, c: cmd.StartRun) -> list[ev.Event]:
+    if state is not None:
+        if c.command_id == state.start_command_id or (
+            c.idempotency_key and c.idempotency_key == state.idempotency_key
+        ):
+            return []
+        decision = _Decision(state, c)
+        decision.reject(
+            f"run {c.run_id!r} already exists (started by command {state.start_command_id!r}"
+            f" with another idempotency key)"
+        )
+        return decision.events
+    definition = c.definition
+    if definition is None:
+        version = "latest" if c.definition_version is None else c.definition_version
+        return [
+            _rejection_without_run(c, f"unknown workflow definition {c.definition_name}@{version}")
+        ]
+    if definition.input:
+        problems = contract_violations(definition.input, c.input)
+        if problems:
+            return [
+                _rejection_without_run(
+                    c, f"input does not match {definition.key}'s input contract: "
+                    + "; ".join(problems)
+                )
+            ]
+    d = _Decision(None, c)
+    d.emit(
+        ev.RunStarted,
+        definition=definition,
+        input=c.input,
+        idempotency_key=c.idempotency_key,
+        jitter_seed=c.jitter_seed,
+    )
+    if definition.timeout_ms is not None:
+        _timer(d, "run:timeout", d.now + definition.timeout_ms, "run_timeout", None, None)
+    _advance(d)
+    return d.events
+
+
+def _on_finished_run(d: _Decision, c: cmd.Command) -> None:
+    status = d.run.status
+    if isinstance(c, cmd.CancelRun) and status is RunStatus.CANCELLED:
+        return
+    if isinstance(
+        c,
+        cmd.ReportTaskStarted
+        | cmd.ReportTaskHeartbeat
+        | cmd.ReportTaskSucceeded
+        | cmd.ReportTaskFailed
+        | cmd.FireTimer,
+    ):
+        return
+    d.reject(f"run {c.run_id!r} is already {status.value}")
+
+
+def _advance(d: _Decision) -> None:
+    """Schedule every step whose dependencies are done; finish the run when all are."""
+    run = d.run
+    if run.status.finished:
+        return
+    for sid in run.order:
+        if d.run.steps[sid].status is not StepStatus.PENDING:
+            continue
+        step = d.step_def(sid)
+        blocked = None
+        ready = True
+        for dep in step.depends_on:
+            dep_status = d.run.steps[dep].status
+            if dep_status in (StepStatus.FAILED, StepStatus.CANCELLED):
+                blocked = f"upstream step {dep!r} {dep_status.value}"
+                break
+            if dep_status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+                ready = False
+        if blocked is not None:
+            d.emit(ev.StepCancelled, step_id=sid, reason=blocked, was_running=False)
+        elif ready:
+            _schedule(d, sid)
+    if all(st.status.finished for st in d.run.steps.values()):
+        _finish(d)
+
+
+def _finish(d: _Decision) -> None:
+    run = d.run
+    failed = [sid for sid in run.order if run.steps[sid].status is StepStatus.FAILED]
+    if failed:
+        first = run.steps[failed[0]]
+        d.emit(
+            ev.RunFailed,
+            error=f"step {failed[0]!r} failed: {first.error}"
+            + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""),
+            step_id=failed[0],
+        )
+        return
+    outputs = d.outputs()
+    definition = run.definition
+    if definition.outputs:
+        result = {
+            name: resolve(ref, run.input, outputs) for name, ref in definition.outputs.items()
+        }
+    else:
+        result = {sid: outputs[sid] for sid in sinks(definition) if sid in outputs}
+    d.emit(ev.RunCompleted, outputs=result)
+
+
+def _cancel_unfinished(d: _Decision, reason: str) -> None:
+    for sid in d.run.order:
+        st = d.run.steps[sid]
+        if not st.status.finished:
+            d.emit(ev.StepCancelled, step_id=sid, reason=reason, was_running=st.status.active)
+
+
+# -- a step's way to dispatch: condition, signal, gate, dispatch ------------------------------
+
+
+def _schedule(d: _Decision, sid: str) -> None:
+    d.emit(ev.StepScheduled, step_id=sid)
+    step = d.step_def(sid)
+    if step.condition is not None and not holds(step.condition, d.run.input, d.outputs()):
+        cond = step.condition
+        shown = "" if cond.value is None else f" {cond.value!r}"
+        d.emit(
+            ev.StepSkipped,
+            step_id=sid,
+            reason=f"condition {cond.ref} {cond.op.value}{shown} is false",
+        )
+        return
+    if step.wait_for_signal is not None:
+        wait = step.wait_for_signal
+        expected = _expected_correlation(d, step)
+        for signal in d.run.signals:
+            if signal.name == wait.name and _correlates(expected, signal.correlation_key):
+                d.emit(
+                    ev.SignalReceived,
+                    name=signal.name,
+                    payload=signal.payload,
+                    correlation_key=signal.correlation_key,
+                    step_id=sid,
+                )
+                break
+        else:
+            deadline = None if wait.deadline_ms is None else d.now + wait.deadline_ms
+            d.emit(
+                ev.SignalAwaited,
+                step_id=sid,
+                name=wait.name,
+                correlation_key=expected,
+                deadline_at_ms=deadline,
+            )
+            if deadline is not None:
+                _timer(d, f"{sid}:signal", deadline, "signal_deadline", sid, None)
+            return
+    _gate_or_dispatch(d, sid)
+
+
+def _gate_or_dispatch(d: _Decision, sid: str) -> None:
+    gate = d.step_def(sid).approval
+    if (
+        gate is not None
+        and gate.when is GateWhen.BEFORE
+        and (gate.condition is None or holds(gate.condition, d.run.input, d.outputs()))
+    ):
+        _request_approval(d, sid, GateWhen.BEFORE)
+    else:
+        _dispatch(d, sid, 1)
+
+
+def _request_approval(d: _Decision, sid: str, when: GateWhen) -> None:
+    gate = d.step_def(sid).approval
+    assert gate is not None
+    deadline = None if gate.deadline_ms is None else d.now + gate.deadline_ms
+    d.emit(ev.ApprovalRequested, step_id=sid, when=when, deadline_at_ms=deadline)
+    if deadline is not None:
+        _timer(d, f"{sid}:approval", deadline, "approval_deadline", sid, None)
+
+
+def _dispatch(d: _Decision, sid: str, attempt: int) -> None:
+    step = d.step_def(sid)
+    st = d.run.steps[sid]
+    if attempt > 1 and st.input is not None:
+        task_input = st.input
+    else:
+        task_input = resolve_inputs(step.inputs, d.run.input, d.outputs())
+        if step.wait_for_signal is not None and "signal" not in task_input:
+            task_input["signal"] = st.signal_payload
+    d.emit(
+        ev.StepDispatched,
+        step_id=sid,
+        attempt=attempt,
+        capability=step.capability,
+        input=task_input,
+        timeout_ms=step.timeout_ms,
+    )
+    if step.timeout_ms is not None:
+        _schedule_timeout(d, sid)
+
+
+def _schedule_timeout(d: _Decision, sid: str) -> None:
+    st = d.run.steps[sid]
+    timeout = d.step_def(sid).timeout_ms
+    assert timeout is not None and st.last_activity_ms is not None
+    deadline = st.last_activity_ms + timeout
+    _timer(d, f"{sid}#{st.attempt}:timeout@{deadline}", deadline, "step_timeout", sid, st.attempt)
+
+
+def _timer(
+    d: _Decision, timer_id: str, at: int, purpose: str, sid: str | None, attempt: int | None
+) -> None:
+    d.emit(
+        ev.TimerScheduled,
+        timer_id=timer_id,
+        fire_at_ms=at,
+        purpose=purpose,
+        step_id=sid,
+        attempt=attempt,
+    )
+
+
+def _expected_correlation(d: _Decision, step: StepDefinition) -> str | None:
+    wait = step.wait_for_signal
+    if wait is None or wait.correlation is None:
+        return None
+    if isinstance(wait.correlation, Ref):
+        value = resolve(wait.correlation, d.run.input, d.outputs())
+        return None if value is None else str(value)
+    return wait.correlation
+
+
+def _correlates(expected: str | None, key: str | None) -> bool:
+    """A signal reaches a waiting step unless both name a correlation key and they differ."""
+    return expected is None or key is None or expected == key
+
+
+# -- failures -----------------------------------------------------------------------------
+
+
+def _attempt_failed(d: _Decision, sid: str, attempt: int, error: str, retryable: bool) -> None:
+    policy = d.step_def(sid).retry
+    if retryable and attempt < policy.max_attempts:
+        delay = backoff_ms(policy, attempt, d.run.jitter_seed, sid)
+        d.emit(
+            ev.StepRetryScheduled,
+            step_id=sid,
+            failed_attempt=attempt,
+            next_attempt=attempt + 1,
+            backoff_ms=delay,
+            error=error,
+        )
+        _timer(d, f"{sid}#{attempt + 1}:retry", d.now + delay, "retry", sid, attempt + 1)
+    else:
+        _step_failed(d, sid, attempt, error, retryable)
+
+
+def _step_failed(d: _Decision, sid: str, attempt: int, error: str, retryable: bool) -> None:
+    d.emit(ev.StepFailed, step_id=sid, attempt=attempt, error=error, retryable=retryable)
+    if d.run.definition.failure_policy is FailurePolicy.FAIL_FAST:
+        _cancel_unfinished(d, f"step {sid!r} failed")
+        d.emit(ev.RunFailed, error=f"step {sid!r} failed: {error}", step_id=sid)
+
+
+# -- command handlers -----------------------------------------------------------------------
+
+
+def _cancel(d: _Decision, c: cmd.CancelRun) -> None:
+    reason = c.reason or "cancelled"
+    _cancel_unfinished(d, reason)
+    d.emit(ev.RunCancelled, reason=reason)
+
+
+def _signal(d: _Decision, c: cmd.SendSignal) -> None:
+    run = d.run
+    candidates = [
+        s
+        for s in run.definition.steps
+        if s.wait_for_signal is not None and s.wait_for_signal.name == c.name
+    ]
+    if not candidates:
+        d.reject(f"no step of {run.definition.key} waits for signal {c.name!r}")
+        return
+    open_steps = [
+        s
+        for s in candidates
+        if run.steps[s.id].status
+        in (StepStatus.PENDING, StepStatus.SCHEDULED, StepStatus.AWAITING_SIGNAL)
+    ]
+    if not open_steps:
+        d.reject(f"every step waiting for signal {c.name!r} is past its wait")
+        return
+    for step in open_steps:
+        expected = _expected_correlation(d, step)
+        waiting = run.steps[step.id].status is StepStatus.AWAITING_SIGNAL
+        if waiting and _correlates(expected, c.correlation_key):
+            d.emit(
+                ev.SignalReceived,
+                name=c.name,
+                payload=c.payload,
+                correlation_key=c.correlation_key,
+                step_id=step.id,
+            )
+            _gate_or_dispatch(d, step.id)
+            _advance(d)
+            return
+    # Early: keep it until a step starts waiting for it.
+    d.emit(
+        ev.SignalReceived,
+        name=c.name,
+        payload=c.payload,
+        correlation_key=c.correlation_key,
+        step_id=None,
+    )
+
+
+def _waiting_step(d: _Decision, step_id: str) -> StepState | None:
+    if step_id not in d.run.steps:
+        d.reject(f"{d.run.definition.key} has no step {step_id!r}")
+        return None
+    return d.run.steps[step_id]
+
+
+def _approve(d: _Decision, c: cmd.ApproveStep) -> None:
+    st = _waiting_step(d, c.step_id)
+    if st is None:
+        return
+    if st.status is not StepStatus.AWAITING_APPROVAL:
+        if not st.approval_granted:
+            d.reject(f"step {c.step_id!r} is not waiting for approval (it is {st.status.value})")
+        return
+    when = st.gate
+    d.emit(ev.ApprovalGranted, step_id=c.step_id, approver=c.approver, comment=c.comment)
+    if when is GateWhen.BEFORE:
+        _dispatch(d, c.step_id, 1)
+    _advance(d)
+
+
+def _reject_step(d: _Decision, c: cmd.RejectStep) -> None:
+    st = _waiting_step(d, c.step_id)
+    if st is None:
+        return
+    if st.status is not StepStatus.AWAITING_APPROVAL:
+        already = st.status is StepStatus.FAILED and (st.error or "").startswith("approval ")
+        if not already:
+            d.reject(f"step {c.step_id!r} is not waiting for approval (it is {st.status.value})")
+        return
+    d.emit(ev.ApprovalRejected, step_id=c.step_id, approver=c.approver, reason=c.reason)
+    who = c.approver or "an approver"
+    _step_failed(d, c.step_id, st.attempt, f"approval rejected by {who}: {c.reason}", False)
+    _advance(d)
+
+
+def _reported_attempt(
+    d: _Decision,
+    c: cmd.ReportTaskStarted
+    | cmd.ReportTaskHeartbeat
+    | cmd.ReportTaskSucceeded
+    | cmd.ReportTaskFailed,
+) -> StepState | None:
+    """The step if the report is for its current, active attempt; else handle and ``None``."""
+    st = _waiting_step(d, c.step_id)
+    if st is None:
+        return None
+    if c.attempt > st.attempt:
+        d.reject(
+            f"step {c.step_id!r} attempt {c.attempt} was never dispatched"
+            f" (current attempt is {st.attempt})"
+        )
+        return None
+    if c.attempt < st.attempt or not st.status.active:
+        return None  # stale or repeated report
+    return st
+
+
+def _task_started(d: _Decision, c: cmd.ReportTaskStarted) -> None:
+    st = _reported_attempt(d, c)
+    if st is not None and st.status is StepStatus.DISPATCHED:
+        d.emit(ev.StepStarted, step_id=c.step_id, attempt=c.attempt, worker_id=c.worker_id)
+
+
+def _task_heartbeat(d: _Decision, c: cmd.ReportTaskHeartbeat) -> None:
+    if _reported_attempt(d, c) is not None:
+        d.emit(ev.StepHeartbeat, step_id=c.step_id, attempt=c.attempt)
+
+
+def _task_succeeded(d: _Decision, c: cmd.ReportTaskSucceeded) -> None:
+    if _reported_attempt(d, c) is None:
+        return
+    step = d.step_def(c.step_id)
+    if step.output is not None:
+        problems = contract_violations(step.output, c.output)
+        if problems:
+            error = "output breaks the step's output contract: " + "; ".join(problems)
+            _attempt_failed(d, c.step_id, c.attempt, error, retryable=False)
+            _advance(d)
+            return
+    d.emit(ev.StepSucceeded, step_id=c.step_id, attempt=c.attempt, output=c.output)
+    gate = step.approval
+    if (
+        gate is not None
+        and gate.when is GateWhen.AFTER
+        and (gate.condition is None or holds(gate.condition, d.run.input, d.outputs()))
+    ):
+        _request_approval(d, c.step_id, GateWhen.AFTER)
+    _advance(d)
+
+
+def _task_failed(d: _Decision, c: cmd.ReportTaskFailed) -> None:
+    if _reported_attempt(d, c) is None:
+        return
+    _attempt_failed(d, c.step_id, c.attempt, c.error, c.retryable)
+    _advance(d)
+
+
+def _fire_timer(d: _Decision, c: cmd.FireTimer) -> None:
+    timer = d.run.timers.get(c.timer_id)
+    if timer is None:
+        return  # already fired, or its reason is gone (step finished, approval given)
+    d.emit(ev.TimerFired, timer_id=c.timer_id)
+    sid = timer.step_id
+    if timer.purpose == "run_timeout":
+        timeout = d.run.definition.timeout_ms
+        _cancel_unfinished(d, "run timed out")
+        d.emit(ev.RunFailed, error=f"run timed out after {timeout} ms", step_id=None)
+        return
+    assert sid is not None, f"timer {c.timer_id} has no step"
+    st = d.run.steps[sid]
+    if timer.purpose == "retry":
+        if st.status is StepStatus.RETRY_WAIT and st.attempt == timer.attempt:
+            _dispatch(d, sid, st.attempt)
+    elif timer.purpose == "step_timeout":
+        if st.status.active and st.attempt == timer.attempt:
+            timeout = d.step_def(sid).timeout_ms or 0
+            assert st.last_activity_ms is not None
+            if d.now < st.last_activity_ms + timeout:
+                _schedule_timeout(d, sid)  # a heartbeat moved the deadline
+            else:
+                d.emit(ev.StepTimedOut, step_id=sid, attempt=st.attempt)
+                error = f"attempt {st.attempt} timed out: no sign of life for {timeout} ms"
+                _attempt_failed(d, sid, st.attempt, error, retryable=True)
+    elif timer.purpose == "approval_deadline":
+        if st.status is StepStatus.AWAITING_APPROVAL:
+            d.emit(ev.ApprovalRejected, step_id=sid, approver="apex", reason="deadline passed")
+            _step_failed(d, sid, st.attempt, "approval deadline passed", False)
+    elif timer.purpose == "signal_deadline" and st.status is StepStatus.AWAITING_SIGNAL:
+        wait = d.step_def(sid).wait_for_signal
+        name = wait.name if wait is not None else "?"
+        _step_failed(d, sid, st.attempt, f"signal {name!r} not received by its deadline", False)
+    _advance(d)
+
+
+_HANDLERS: dict[type[cmd.Command], Callable[[_Decision, Any], None]] = {
+    cmd.CancelRun: _cancel,
+    cmd.SendSignal: _signal,
+    cmd.ApproveStep: _approve,
+    cmd.RejectStep: _reject_step,
+    cmd.ReportTaskStarted: _task_started,
+    cmd.ReportTaskHeartbeat: _task_heartbeat,
+    cmd.ReportTaskSucceeded: _task_succeeded,
+    cmd.ReportTaskFailed: _task_failed,
+    cmd.FireTimer: _fire_timer,
+}
