@@ -1,0 +1,103 @@
+"""The workflow definitions registered on the compacted ``apex.definitions`` topic.
+
+Readers keep the whole topic in memory (definitions are few and small) and read
+it to its end again when asked for a definition they do not know yet, so a
+``StartRun`` sent right after ``register`` finds its definition.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from apex.config import Settings
+from apex.domain.definitions import WorkflowDefinition
+from apex.kafka.clients import make_consumer
+
+log = logging.getLogger(__name__)
+
+
+class DefinitionCatalog:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._topic = settings.topic("definitions")
+        self._by_key: dict[tuple[str, int], WorkflowDefinition] = {}
+        self._latest: dict[str, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: list[TopicPartition] = []
+
+    async def start(self) -> None:
+        self._consumer = make_consumer(self._settings)
+        await self._consumer.start()
+        parts = self._consumer.partitions_for_topic(self._topic)
+        if parts is None:
+            await self._consumer._client.force_metadata_update()
+            parts = self._consumer.partitions_for_topic(self._topic) or set()
+        self._partitions = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        self._consumer.assign(self._partitions)
+        await self._consumer.seek_to_beginning(*self._partitions)
+        await self.refresh()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def refresh(self) -> None:
+        """Read the topic up to its current end."""
+        from apex import codec
+
+        consumer = self._consumer
+        assert consumer is not None, "DefinitionCatalog.start() first"
+        end = await consumer.end_offsets(self._partitions)
+        while await self._behind(end):
+            batch = await consumer.getmany(*self._partitions, timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        definition = codec.decode_definition(record.value)
+                    except codec.CodecError as exc:
+                        log.error(
+                            "skipping undecodable definition at %s[%d]@%d: %s",
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            exc,
+                        )
+                        continue
+                    self.add(definition)
+
+    async def _behind(self, end: dict[TopicPartition, int]) -> bool:
+        assert self._consumer is not None
+        for tp in self._partitions:
+            if await self._consumer.position(tp) < end[tp]:
+                return True
+        return False
+
+    def add(self, definition: WorkflowDefinition) -> None:
+        self._by_key[(definition.name, definition.version)] = definition
+        if definition.version >= self._latest.get(definition.name, 0):
+            self._latest[definition.name] = definition.version
+
+    def get(self, name: str, version: int | None = None) -> WorkflowDefinition | None:
+        if version is None:
+            version = self._latest.get(name)
+            if version is None:
+                return None
+        return self._by_key.get((name, version))
+
+    async def resolve(self, name: str, version: int | None = None) -> WorkflowDefinition | None:
+        found = self.get(name, version)
+        if found is None:
+            await self.refresh()
+            found = self.get(name, version)
+        return found
+
+    def all(self) -> list[WorkflowDefinition]:
+        return sorted(self._by_key.values(), key=lambda d: (d.name, d.version))
+
+    def capabilities(self) -> set[str]:
+        return {step.capability for d in self._by_key.values() for step in d.steps}

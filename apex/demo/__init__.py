@@ -1,0 +1,1 @@
+"""The demo: support-ticket triage with real, deterministic agents (no network)."""

@@ -1,0 +1,1 @@
+"""Kafka adapters: topology, client factories, the dead-letter queue."""

@@ -1,0 +1,291 @@
+"""The orchestrator: commands in, decisions out, exactly once.
+
+For every partition of ``apex.commands`` it owns, the orchestrator keeps the
+state of that partition's runs (rebuilt from the same partition of
+``apex.events`` when it gets the partition) and, per batch of commands, runs the
+pure decider and in ONE Kafka transaction appends the events, sends task
+dispatches and results, and commits the consumed offsets.
+
+Why not faust's ``exactly_once`` mode: it logs, rather than raises, failed
+begin/commit calls and has open duplicate-on-rebalance issues (#323, #517). Why
+one transactional producer per input partition (``<group>-<partition>``):
+aiokafka's ``send_offsets_to_transaction`` carries no group generation
+(KIP-447), so a zombie that lost a partition is fenced only by the next owner
+re-initialising the same transactional id (aiokafka #844). The next owner does
+that *before* it reads the partition's events and committed offset, so it sees
+exactly what the previous owner committed and nothing it left half-done.
+
+A transaction that fails stops the orchestrator with an error: it is never
+logged and skipped. Bad input (undecodable bytes, a key that is not the run id,
+a decider error) goes to ``apex.dlq`` inside the same transaction and
+processing goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from apex import codec
+from apex.catalog import DefinitionCatalog
+from apex.config import Settings
+from apex.domain import commands as cmd
+from apex.domain.decider import decide
+from apex.domain.events import Event
+from apex.domain.messages import RunResult, StepResult, TaskDispatch
+from apex.domain.outbox import outbound
+from apex.domain.state import RunState, evolve
+from apex.kafka.clients import make_consumer, make_producer
+from apex.kafka.dlq import dead_letter
+from apex.kafka.topology import ensure_topics, task_topic
+
+log = logging.getLogger("apex.orchestrator")
+
+
+class TransactionFailed(RuntimeError):
+    """A Kafka transaction of the orchestrator failed; the process must stop."""
+
+
+@dataclass
+class _Partition:
+    tp: TopicPartition
+    producer: AIOKafkaProducer
+    runs: dict[str, RunState] = field(default_factory=dict)
+
+
+@dataclass
+class OrchestratorStats:
+    commands: int = 0
+    events: int = 0
+    transactions: int = 0
+    dead_letters: int = 0
+    rebuilt_events: int = 0
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.group = f"{settings.topic_prefix}orchestrator"
+        self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.stats = OrchestratorStats()
+        self._commands_topic = settings.topic("commands")
+        self._events_topic = settings.topic("events")
+        self._results_topic = settings.topic("results")
+        self._catalog = DefinitionCatalog(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._lock = asyncio.Lock()
+        self._task_topics: set[str] = set()
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Process commands until :meth:`stop`; raises :class:`TransactionFailed`."""
+        await ensure_topics(self.settings)
+        await self._catalog.start()
+        await self._ensure_task_topics(self._catalog.capabilities())
+        consumer = make_consumer(
+            self.settings, group_id=self.group, client_id=f"{self.group}-{self.instance}"
+        )
+        self._consumer = consumer
+        consumer.subscribe([self._commands_topic], listener=_Rebalance(self))
+        await consumer.start()
+        log.info("orchestrator %s started (group %s)", self.instance, self.group)
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=100, max_records=self.settings.orchestrator_batch
+                )
+                for tp, records in batch.items():
+                    async with self._lock:
+                        part = self._parts.get(tp)
+                        if part is not None and records:
+                            await self._process(part, records)
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _shutdown(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()  # revokes: producers are closed by the listener
+            self._consumer = None
+        for part in list(self._parts.values()):
+            await part.producer.stop()
+        self._parts.clear()
+        await self._catalog.stop()
+
+    # -- partition ownership ------------------------------------------------------------
+
+    async def _acquire(self, tps: Sequence[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in tps:
+            if tp.topic != self._commands_topic or tp in self._parts:
+                continue
+            producer = make_producer(
+                self.settings, transactional_id=f"{self.group}-{tp.partition}"
+            )
+            await producer.start()  # init_transactions: fences the previous owner
+            runs = await self._rebuild(tp.partition)
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+            self._parts[tp] = _Partition(tp, producer, runs)
+            log.info(
+                "partition %d acquired: %d runs rebuilt, commands from offset %s",
+                tp.partition,
+                len(runs),
+                committed,
+            )
+
+    async def _release(self, tps: Sequence[TopicPartition]) -> None:
+        async with self._lock:  # waits for a batch of these partitions to commit
+            for tp in tps:
+                part = self._parts.pop(tp, None)
+                if part is not None:
+                    await part.producer.stop()
+                    log.info("partition %d released", tp.partition)
+
+    async def _rebuild(self, partition: int) -> dict[str, RunState]:
+        """Fold the partition's events: the orchestrator's state comes from the log alone."""
+        tp = TopicPartition(self._events_topic, partition)
+        reader = make_consumer(self.settings, fetch_max_wait_ms=50)
+        await reader.start()
+        runs: dict[str, RunState] = {}
+        try:
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            end = (await reader.end_offsets([tp]))[tp]
+            while await reader.position(tp) < end:
+                batch = await reader.getmany(tp, timeout_ms=500, max_records=5000)
+                for record in batch.get(tp, ()):
+                    event = codec.decode_event(record.value)
+                    state = evolve(runs.get(event.run_id), event)
+                    if state is not None:
+                        runs[event.run_id] = state
+                    self.stats.rebuilt_events += 1
+        finally:
+            await reader.stop()
+        return runs
+
+    # -- one batch, one transaction ---------------------------------------------------------
+
+    async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
+        producer = part.producer
+        changed: dict[str, RunState] = {}
+        try:
+            await producer.begin_transaction()
+            sends = []
+            for record in records:
+                for topic, key, value, headers in await self._handle(part, changed, record):
+                    sends.append(
+                        await producer.send(topic, value=value, key=key, headers=headers)
+                    )
+            await asyncio.gather(*sends)
+            await producer.send_offsets_to_transaction(
+                {part.tp: records[-1].offset + 1}, self.group
+            )
+            await producer.commit_transaction()
+        except Exception as exc:
+            log.critical(
+                "transaction on %s[%d] failed, stopping: %r", part.tp.topic, part.tp.partition, exc
+            )
+            raise TransactionFailed(
+                f"transaction for {part.tp.topic}[{part.tp.partition}] at offsets "
+                f"{records[0].offset}..{records[-1].offset} failed: {exc!r}"
+            ) from exc
+        part.runs.update(changed)
+        self.stats.transactions += 1
+        self.stats.commands += len(records)
+
+    async def _handle(
+        self, part: _Partition, changed: dict[str, RunState], record: Any
+    ) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+        """The records one command yields: events, dispatches, results, or a dead letter."""
+        headers = [(k, v) for k, v in (record.headers or ()) if k == "traceparent"]
+        try:
+            command = codec.decode_command(record.value)
+            key = record.key.decode() if record.key is not None else None
+            if key != command.run_id:
+                raise ValueError(
+                    f"record key {key!r} is not the command's run id {command.run_id!r}: "
+                    "commands must be keyed by run id"
+                )
+            state = changed.get(command.run_id) or part.runs.get(command.run_id)
+            if isinstance(command, cmd.StartRun) and state is None:
+                command = await self._resolve_definition(command)
+            events = decide(state, command)
+            after = state
+            for event in events:
+                after = evolve(after, event)
+        except Exception as exc:  # bad input, or a decider bug: set aside, go on
+            log.error(
+                "command at %s[%d]@%d to the DLQ: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            self.stats.dead_letters += 1
+            letter = dead_letter(self.settings, record, "orchestrator", exc)
+            return [(letter.topic, letter.key, letter.value, letter.headers)]
+        if after is not None:
+            changed[command.run_id] = after
+        self.stats.events += len(events)
+        return self._records(command.run_id, events, after, headers)
+
+    def _records(
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        state: RunState | None,
+        headers: list[tuple[str, bytes]],
+    ) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+        key = run_id.encode()
+        out = [(self._events_topic, key, codec.encode_event(e), headers) for e in events]
+        for message in outbound(state, events):
+            if isinstance(message, TaskDispatch):
+                topic = task_topic(self.settings, message.capability)
+                out.append((topic, key, codec.encode_dispatch(message), headers))
+            elif isinstance(message, RunResult):
+                out.append((self._results_topic, key, codec.encode_run_result(message), headers))
+            elif isinstance(message, StepResult):
+                out.append((self._results_topic, key, codec.encode_step_result(message), headers))
+        return out
+
+    async def _resolve_definition(self, command: cmd.StartRun) -> cmd.StartRun:
+        definition = await self._catalog.resolve(
+            command.definition_name, command.definition_version
+        )
+        if definition is None:
+            return command  # the decider rejects it, naming the definition
+        await self._ensure_task_topics(step.capability for step in definition.steps)
+        return replace(command, definition=definition)
+
+    async def _ensure_task_topics(self, capabilities: Any) -> None:
+        wanted = set(capabilities) - self._task_topics
+        if wanted:
+            await ensure_topics(self.settings, wanted)
+            self._task_topics |= wanted
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orchestrator = orchestrator
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._orchestrator._release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._orchestrator._acquire(list(assigned))
