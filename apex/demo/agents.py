@@ -13,7 +13,7 @@ from apex.worker import RetryableError, TaskContext, agent
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+")
 _PHONE = re.compile(r"\+?\d[\d -]{7,}\d")
-_CARD = re.compile(r"\b(?:\d[ -]?){13,16}\b")
+_CARD = re.compile(r"\b\d(?:[ -]?\d){12,15}\b")
 
 _LANGUAGE_WORDS = {
     "en": {"the", "is", "and", "my", "not", "cannot", "please", "since"},
