@@ -88,7 +88,9 @@ class ApexClient:
     ) -> str:
         """Ask for a run; returns its id. With an idempotency key, asking twice starts one run."""
         if run_id is None:
-            run_id = run_id_for(definition, idempotency_key) if idempotency_key else str(uuid.uuid4())
+            run_id = (
+                run_id_for(definition, idempotency_key) if idempotency_key else str(uuid.uuid4())
+            )
         await self.send(
             cmd.StartRun(
                 command_id=str(uuid.uuid4()),
@@ -104,7 +106,9 @@ class ApexClient:
         )
         return run_id
 
-    async def approve(self, run_id: str, step_id: str, approver: str = "", comment: str = "") -> None:
+    async def approve(
+        self, run_id: str, step_id: str, approver: str = "", comment: str = ""
+    ) -> None:
         await self.send(
             cmd.ApproveStep(
                 **self._envelope(run_id), step_id=step_id, approver=approver, comment=comment
@@ -113,7 +117,9 @@ class ApexClient:
 
     async def reject(self, run_id: str, step_id: str, approver: str = "", reason: str = "") -> None:
         await self.send(
-            cmd.RejectStep(**self._envelope(run_id), step_id=step_id, approver=approver, reason=reason)
+            cmd.RejectStep(
+                **self._envelope(run_id), step_id=step_id, approver=approver, reason=reason
+            )
         )
 
     async def signal(
@@ -121,7 +127,10 @@ class ApexClient:
     ) -> None:
         await self.send(
             cmd.SendSignal(
-                **self._envelope(run_id), name=name, payload=payload, correlation_key=correlation_key
+                **self._envelope(run_id),
+                name=name,
+                payload=payload,
+                correlation_key=correlation_key,
             )
         )
 
@@ -130,7 +139,9 @@ class ApexClient:
 
     async def send(self, command: cmd.Command) -> None:
         """Publish any command, keyed by its run id."""
-        await self._send(self.settings.topic("commands"), command.run_id, codec.encode_command(command))
+        await self._send(
+            self.settings.topic("commands"), command.run_id, codec.encode_command(command)
+        )
 
     # -- results ------------------------------------------------------------------------
 

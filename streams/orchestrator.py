@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from apex import codec
 from apex.catalog import DefinitionCatalog
+from apex.chain import CHAIN_HEADER, GENESIS, chain_of, link
 from apex.config import Settings
 from apex.domain import commands as cmd
 from apex.domain.decider import decide
@@ -48,6 +49,9 @@ from apex.kafka.topology import ensure_topics, task_topic
 
 log = logging.getLogger("apex.orchestrator")
 
+_Out = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+"""One record to produce: topic, key, value, headers."""
+
 
 class TransactionFailed(RuntimeError):
     """A Kafka transaction of the orchestrator failed; the process must stop."""
@@ -58,6 +62,16 @@ class _Partition:
     tp: TopicPartition
     producer: AIOKafkaProducer
     runs: dict[str, RunState] = field(default_factory=dict)
+    chains: dict[str, bytes] = field(default_factory=dict)
+    """Each run's last ``apex.chain`` hash."""
+
+
+@dataclass
+class _Batch:
+    """What a batch changes; applied to the partition only once its transaction commits."""
+
+    runs: dict[str, RunState] = field(default_factory=dict)
+    chains: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -131,17 +145,15 @@ class Orchestrator:
         for tp in tps:
             if tp.topic != self._commands_topic or tp in self._parts:
                 continue
-            producer = make_producer(
-                self.settings, transactional_id=f"{self.group}-{tp.partition}"
-            )
+            producer = make_producer(self.settings, transactional_id=f"{self.group}-{tp.partition}")
             await producer.start()  # init_transactions: fences the previous owner
-            runs = await self._rebuild(tp.partition)
+            runs, chains = await self._rebuild(tp.partition)
             committed = await self._consumer.committed(tp)
             if committed is None:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
-            self._parts[tp] = _Partition(tp, producer, runs)
+            self._parts[tp] = _Partition(tp, producer, runs, chains)
             log.info(
                 "partition %d acquired: %d runs rebuilt, commands from offset %s",
                 tp.partition,
@@ -157,12 +169,13 @@ class Orchestrator:
                     await part.producer.stop()
                     log.info("partition %d released", tp.partition)
 
-    async def _rebuild(self, partition: int) -> dict[str, RunState]:
+    async def _rebuild(self, partition: int) -> tuple[dict[str, RunState], dict[str, bytes]]:
         """Fold the partition's events: the orchestrator's state comes from the log alone."""
         tp = TopicPartition(self._events_topic, partition)
         reader = make_consumer(self.settings, fetch_max_wait_ms=50)
         await reader.start()
         runs: dict[str, RunState] = {}
+        chains: dict[str, bytes] = {}
         try:
             reader.assign([tp])
             await reader.seek_to_beginning(tp)
@@ -174,24 +187,23 @@ class Orchestrator:
                     state = evolve(runs.get(event.run_id), event)
                     if state is not None:
                         runs[event.run_id] = state
+                        chains[event.run_id] = chain_of(record.headers) or GENESIS
                     self.stats.rebuilt_events += 1
         finally:
             await reader.stop()
-        return runs
+        return runs, chains
 
     # -- one batch, one transaction ---------------------------------------------------------
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         producer = part.producer
-        changed: dict[str, RunState] = {}
+        batch = _Batch()
         try:
             await producer.begin_transaction()
             sends = []
             for record in records:
-                for topic, key, value, headers in await self._handle(part, changed, record):
-                    sends.append(
-                        await producer.send(topic, value=value, key=key, headers=headers)
-                    )
+                for topic, key, value, headers in await self._handle(part, batch, record):
+                    sends.append(await producer.send(topic, value=value, key=key, headers=headers))
             await asyncio.gather(*sends)
             await producer.send_offsets_to_transaction(
                 {part.tp: records[-1].offset + 1}, self.group
@@ -205,13 +217,12 @@ class Orchestrator:
                 f"transaction for {part.tp.topic}[{part.tp.partition}] at offsets "
                 f"{records[0].offset}..{records[-1].offset} failed: {exc!r}"
             ) from exc
-        part.runs.update(changed)
+        part.runs.update(batch.runs)
+        part.chains.update(batch.chains)
         self.stats.transactions += 1
         self.stats.commands += len(records)
 
-    async def _handle(
-        self, part: _Partition, changed: dict[str, RunState], record: Any
-    ) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    async def _handle(self, part: _Partition, batch: _Batch, record: Any) -> list[_Out]:
         """The records one command yields: events, dispatches, results, or a dead letter."""
         headers = [(k, v) for k, v in (record.headers or ()) if k == "traceparent"]
         try:
@@ -222,7 +233,7 @@ class Orchestrator:
                     f"record key {key!r} is not the command's run id {command.run_id!r}: "
                     "commands must be keyed by run id"
                 )
-            state = changed.get(command.run_id) or part.runs.get(command.run_id)
+            state = batch.runs.get(command.run_id) or part.runs.get(command.run_id)
             if isinstance(command, cmd.StartRun) and state is None:
                 command = await self._resolve_definition(command)
             events = decide(state, command)
@@ -241,19 +252,37 @@ class Orchestrator:
             letter = dead_letter(self.settings, record, "orchestrator", exc)
             return [(letter.topic, letter.key, letter.value, letter.headers)]
         if after is not None:
-            changed[command.run_id] = after
+            batch.runs[command.run_id] = after
         self.stats.events += len(events)
-        return self._records(command.run_id, events, after, headers)
+        chain = batch.chains.get(command.run_id) or part.chains.get(command.run_id, GENESIS)
+        out: list[_Out] = []
+        for event in events:
+            value = codec.encode_event(event)
+            if event.seq == 0:  # a refusal that belongs to no run
+                out.append(
+                    (
+                        self._events_topic,
+                        record.key,
+                        value,
+                        [*headers, (CHAIN_HEADER, link(GENESIS, value))],
+                    )
+                )
+                continue
+            chain = link(chain, value)
+            out.append((self._events_topic, record.key, value, [*headers, (CHAIN_HEADER, chain)]))
+        if after is not None:
+            batch.chains[command.run_id] = chain
+        return out + self._outbound(command.run_id, events, after, headers)
 
-    def _records(
+    def _outbound(
         self,
         run_id: str,
         events: Sequence[Event],
         state: RunState | None,
         headers: list[tuple[str, bytes]],
-    ) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    ) -> list[_Out]:
         key = run_id.encode()
-        out = [(self._events_topic, key, codec.encode_event(e), headers) for e in events]
+        out: list[_Out] = []
         for message in outbound(state, events):
             if isinstance(message, TaskDispatch):
                 topic = task_topic(self.settings, message.capability)

@@ -9,9 +9,15 @@ from apex.demo.agents import QUEUES, classify_text
 _TEMPLATES = [
     ("Site is down #{n}", "Our dashboard returns 502 since 9am. Customers cannot access it."),
     ("Charged twice #{n}", "My card 4111 1111 1111 1111 was charged twice for the invoice."),
-    ("App crash #{n}", "The app shows an error and crashes when I export. Mail me at ann@example.com"),
+    (
+        "App crash #{n}",
+        "The app shows an error and crashes when I export. Mail me at ann@example.com",
+    ),
     ("Locked out #{n}", "I cannot login, my account is locked after the password reset."),
-    ("Urgent data loss #{n}", "After the update there is an error and we see data loss in reports."),
+    (
+        "Urgent data loss #{n}",
+        "After the update there is an error and we see data loss in reports.",
+    ),
     ("Question #{n}", "How do I change the colour of the sidebar? Call me on +44 20 7946 0958."),
     ("Refund please #{n}", "Please refund the payment for last month, the invoice is wrong."),
 ]
