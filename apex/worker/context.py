@@ -1,0 +1,101 @@
+"""What an agent knows about the task it runs, and how it talks back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from apex.domain.messages import TaskDispatch
+
+
+class TaskContext:
+    """The context of one task attempt, passed to ``f(input, ctx)``.
+
+    ``cancelled`` is set when the agent should stop: the worker is shutting
+    down and the grace period is over, or the step's timeout passed without a
+    sign of life reaching Kafka (the orchestrator has given up on this
+    attempt). The worker cancels the agent's asyncio task shortly after, so a
+    long agent should check it between units of work. ``timed_out`` tells the
+    two reasons apart.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        step_id: str,
+        attempt: int,
+        capability: str,
+        definition: str = "",
+        correlation_id: str = "",
+        timeout_ms: int | None = None,
+        worker_id: str = "",
+        heartbeat: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.step_id = step_id
+        self.attempt = attempt
+        self.capability = capability
+        self.definition = definition
+        """``name@version`` of the run's workflow."""
+        self.correlation_id = correlation_id
+        self.timeout_ms = timeout_ms
+        """The step's liveness timeout: how long it may go without a sign of life."""
+        self.worker_id = worker_id
+        self.cancelled = asyncio.Event()
+        self.timed_out = False
+        self.logger: logging.LoggerAdapter[logging.Logger] = _TaskLogger(
+            logging.getLogger(f"apex.agent.{capability}"), {"task": self.task_ref}
+        )
+        self._heartbeat = heartbeat
+
+    @classmethod
+    def from_dispatch(
+        cls,
+        dispatch: TaskDispatch,
+        *,
+        worker_id: str = "",
+        heartbeat: Callable[[], Awaitable[None]] | None = None,
+    ) -> TaskContext:
+        """The context of ``dispatch``; without ``heartbeat``, heartbeats do nothing (tests)."""
+        return cls(
+            run_id=dispatch.run_id,
+            step_id=dispatch.step_id,
+            attempt=dispatch.attempt,
+            capability=dispatch.capability,
+            definition=dispatch.definition,
+            correlation_id=dispatch.correlation_id,
+            timeout_ms=dispatch.timeout_ms,
+            worker_id=worker_id,
+            heartbeat=heartbeat,
+        )
+
+    @property
+    def task_ref(self) -> str:
+        """``run/step#attempt``: how logs name this task."""
+        return f"{self.run_id}/{self.step_id}#{self.attempt}"
+
+    async def heartbeat(self) -> None:
+        """Tell the orchestrator this attempt is alive; returns once Kafka has it.
+
+        The worker already sends heartbeats on its own while the agent runs;
+        call this between long units of work to be sure the step's timeout
+        does not pass.
+        """
+        if self._heartbeat is not None:
+            await self._heartbeat()
+
+    def __repr__(self) -> str:
+        return f"<TaskContext {self.capability} {self.task_ref}>"
+
+
+class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every message with the task it is about."""
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[{extra.get('task')}] {msg}", kwargs

@@ -1,0 +1,242 @@
+"""One task attempt, from its dispatch to its acknowledged outcome report.
+
+:meth:`TaskRun.run` reports ``ReportTaskStarted``, runs the agent while
+sending heartbeats, then reports ``ReportTaskSucceeded`` or
+``ReportTaskFailed`` and returns only once Kafka has acknowledged both: then,
+and only then, may the worker commit the dispatch's offset.
+
+Every report's ``command_id`` is derived from (run, step, attempt, kind), so a
+redelivered dispatch yields the same ids and the decider can drop the repeats.
+
+Liveness: the orchestrator times a step out when ``timeout_ms`` passes without
+a sign of life (start or heartbeat). The worker keeps the same clock: if no
+heartbeat reached Kafka in time (the broker was unreachable, or the agent's
+``heartbeat_s`` is longer than the timeout), the attempt is lost anyway, so
+``ctx.cancelled`` is set, and after the grace period the agent is cancelled
+and a retryable failure is reported (the decider drops it if it already timed
+the attempt out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaProducer
+
+from apex import codec
+from apex.config import Settings
+from apex.domain.commands import (
+    Command,
+    ReportTaskFailed,
+    ReportTaskHeartbeat,
+    ReportTaskStarted,
+    ReportTaskSucceeded,
+)
+from apex.domain.messages import TaskDispatch
+from apex.kafka.dlq import DeadLetter
+from apex.worker.agent import Agent
+from apex.worker.context import TaskContext
+from apex.worker.errors import DEFAULT_NON_RETRYABLE, describe, is_retryable
+
+log = logging.getLogger("apex.worker")
+
+Headers = list[tuple[str, bytes]]
+C = TypeVar("C", bound=Command)
+
+CANCEL_WAIT_S = 5.0
+"""How long a cancelled agent gets to unwind (its ``finally`` blocks); it may ignore it."""
+
+PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
+"""W3C trace context travels from the dispatch to its reports: one run, one trace."""
+
+
+class Reporter:
+    """Sends a worker's records; each send returns the future of Kafka's acknowledgement."""
+
+    def __init__(self, producer: AIOKafkaProducer, settings: Settings, worker_id: str) -> None:
+        self.producer = producer
+        self.worker_id = worker_id
+        self._commands_topic = settings.topic("commands")
+
+    async def send(self, command: Command, headers: Headers) -> asyncio.Future[Any]:
+        """Queue ``command`` for ``apex.commands``, keyed by its run id (that is its order)."""
+        value = codec.encode_command(command)
+        future: asyncio.Future[Any] = await self.producer.send(
+            self._commands_topic, value=value, key=command.run_id.encode(), headers=headers
+        )
+        return future
+
+    async def send_dead_letter(self, letter: DeadLetter) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = await self.producer.send(
+            letter.topic, value=letter.value, key=letter.key, headers=letter.headers
+        )
+        return future
+
+
+class TaskRun:
+    """The execution of one dispatch by one agent."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        dispatch: TaskDispatch,
+        reporter: Reporter,
+        *,
+        heartbeat_s: float | None,
+        grace_s: float,
+        non_retryable: tuple[type[BaseException], ...] = DEFAULT_NON_RETRYABLE,
+        headers: Headers | None = None,
+    ) -> None:
+        self.agent = agent
+        self.dispatch = dispatch
+        self.ctx = TaskContext.from_dispatch(
+            dispatch, worker_id=reporter.worker_id, heartbeat=self._heartbeat
+        )
+        self._reporter = reporter
+        self._heartbeat_s = heartbeat_s
+        self._grace_s = grace_s
+        self._non_retryable = non_retryable
+        self._headers = [(k, v) for k, v in headers or () if k in PROPAGATED_HEADERS]
+        self._beats = 0
+        self._alive_at = 0.0
+        self._beat_task: asyncio.Task[None] | None = None
+        self.outcome: Command | None = None
+        """The report sent at the end: ``ReportTaskSucceeded`` or ``ReportTaskFailed``."""
+
+    async def run(self) -> None:
+        """Report, run, report; return once Kafka acknowledged the reports.
+
+        Raises whatever the producer raises: a report that cannot be delivered
+        must stop the worker, since its offset can never be committed.
+        """
+        self._alive_at = asyncio.get_running_loop().time()
+        started = await self._send(self._report(ReportTaskStarted, "started"))
+        outcome = await self._run_agent()
+        final = await self._send_outcome(outcome)
+        await asyncio.gather(started, final)
+
+    # -- the agent, supervised ---------------------------------------------------------
+
+    async def _run_agent(self) -> Command:
+        work = asyncio.ensure_future(self.agent.invoke(self.dispatch.input, self.ctx))
+        keeper = asyncio.ensure_future(self._keep_alive(work))
+        try:
+            await asyncio.wait({work})
+        finally:
+            keeper.cancel()
+            if self._beat_task is not None:
+                self._beat_task.cancel()
+            if not work.done():  # we are cancelled ourselves: the worker stopped past its grace
+                self.ctx.cancelled.set()
+                work.cancel()
+                await asyncio.wait({work}, timeout=CANCEL_WAIT_S)
+        return self._outcome(work)
+
+    def _outcome(self, work: asyncio.Future[Any]) -> Command:
+        if work.cancelled():
+            if self.ctx.timed_out:
+                error = (
+                    "TimeoutError: no sign of life reached Kafka for "
+                    f"{self.dispatch.timeout_ms} ms; worker {self._reporter.worker_id} "
+                    "cancelled the task"
+                )
+            else:
+                error = "CancelledError: the agent's task was cancelled"
+            return self._report(ReportTaskFailed, "failed", error=error, retryable=True)
+        exc = work.exception()
+        if exc is None:
+            return self._report(ReportTaskSucceeded, "succeeded", output=work.result())
+        retryable = is_retryable(exc, self._non_retryable)
+        self.ctx.logger.warning(
+            "failed (%s)", "retryable" if retryable else "not retryable", exc_info=exc
+        )
+        return self._report(ReportTaskFailed, "failed", error=describe(exc), retryable=retryable)
+
+    async def _keep_alive(self, work: asyncio.Future[Any]) -> None:
+        """Heartbeats every ``heartbeat_s``; past the timeout, cancel the agent."""
+        loop = asyncio.get_running_loop()
+        interval = self._heartbeat_s
+        timeout_ms = self.dispatch.timeout_ms
+        timeout = timeout_ms / 1000 if timeout_ms else math.inf
+        next_beat = loop.time() + interval if interval else math.inf
+        while True:
+            deadline = self._alive_at + timeout
+            wake = min(next_beat, deadline)
+            if wake == math.inf:
+                return  # no heartbeats, no timeout: nothing to watch
+            await asyncio.sleep(max(0.0, wake - loop.time()))
+            now = loop.time()
+            if now >= next_beat:
+                next_beat = now + (interval or math.inf)
+                if self._beat_task is None or self._beat_task.done():
+                    self._beat_task = asyncio.ensure_future(self._heartbeat_quietly())
+            elif now >= self._alive_at + timeout:
+                break
+        self.ctx.timed_out = True
+        self.ctx.cancelled.set()
+        self.ctx.logger.warning(
+            "no sign of life reached Kafka for %d ms: the orchestrator gives this attempt up; "
+            "cancelling the agent in %.1f s",
+            timeout_ms,
+            self._grace_s,
+        )
+        await asyncio.sleep(self._grace_s)
+        work.cancel()
+
+    async def _heartbeat(self) -> None:
+        """``ctx.heartbeat()``: report one heartbeat and wait for Kafka to have it."""
+        self._beats += 1
+        sent_at = asyncio.get_running_loop().time()
+        beat = self._report(ReportTaskHeartbeat, f"heartbeat/{self._beats}")
+        await (await self._send(beat))
+        self._alive_at = max(self._alive_at, sent_at)
+
+    async def _heartbeat_quietly(self) -> None:
+        try:
+            await self._heartbeat()
+        except Exception as exc:  # the liveness deadline is what acts on a lost heartbeat
+            self.ctx.logger.warning("heartbeat not delivered: %r", exc)
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def _report(self, kind_type: Callable[..., C], kind: str, **fields: Any) -> C:
+        d = self.dispatch
+        return kind_type(
+            command_id=f"{d.run_id}/{d.step_id}/{d.attempt}/{kind}",
+            run_id=d.run_id,
+            issued_at_ms=time.time_ns() // 1_000_000,
+            correlation_id=d.correlation_id,
+            step_id=d.step_id,
+            attempt=d.attempt,
+            worker_id=self._reporter.worker_id,
+            **fields,
+        )
+
+    async def _send(self, command: Command) -> asyncio.Future[Any]:
+        return await self._reporter.send(command, self._headers)
+
+    async def _send_outcome(self, outcome: Command) -> asyncio.Future[Any]:
+        self.outcome = outcome
+        try:
+            return await self._send(outcome)
+        except codec.CodecError as exc:  # the output is not a JSON value
+            output = getattr(outcome, "output", None)
+            self.ctx.logger.error("output cannot be reported: %s", exc)
+            failed = self._report(
+                ReportTaskFailed,
+                "failed",
+                error=describe(
+                    TypeError(
+                        f"agent {self.agent.capability!r} returned a value that is not JSON "
+                        f"({type(output).__name__}): {exc}"
+                    )
+                ),
+                retryable=False,
+            )
+            self.outcome = failed
+            return await self._send(failed)

@@ -1,0 +1,395 @@
+"""The worker: consumes task dispatches, runs agents, reports outcomes.
+
+    worker = Worker(Settings.from_env(), agents=[summarize, classify])
+    await worker.run()          # until worker.stop()
+
+Each capability is a *lane*: one consumer in the group
+``<prefix>workers.<capability>`` reading ``<prefix>tasks.<capability>``, and a
+concurrency limit. A lane fetches only as many dispatches as it has free
+slots; when it is full it pauses its partitions but keeps polling, so the
+group does not evict a worker whose tasks are merely long.
+
+Delivery is at least once. A dispatch's offset is committed only when the
+outcome report of that dispatch, and of every dispatch before it in its
+partition, has been acknowledged by Kafka (idempotent producer, ``acks=all``).
+Whatever was not finished when a worker stops, crashes or loses a partition
+is delivered again; the decider drops repeated reports by (run, step, attempt).
+
+Stopping (:meth:`Worker.stop`, SIGTERM/SIGINT through :mod:`apex.worker.runner`):
+fetching stops at once; in-flight tasks get ``grace_s`` to finish (a second
+``stop()`` ends the grace at once); then the rest have ``ctx.cancelled`` set
+and are cancelled, *without* a report and without committing their offsets,
+so they are redelivered. The worker commits what is done and leaves its groups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from apex import codec
+from apex.config import Settings
+from apex.domain.commands import ReportTaskSucceeded
+from apex.kafka.clients import make_consumer, make_producer
+from apex.kafka.dlq import dead_letter
+from apex.kafka.topology import TopologyError, ensure_topics, task_topic
+from apex.worker.agent import Agent
+from apex.worker.errors import DEFAULT_NON_RETRYABLE
+from apex.worker.execution import CANCEL_WAIT_S, Reporter, TaskRun
+from apex.worker.offsets import PartitionOffsets
+
+log = logging.getLogger("apex.worker")
+
+POLL_MS = 200
+"""How long a fetch waits for records; it also bounds how late a stop is noticed."""
+
+
+class WorkerError(RuntimeError):
+    """The worker could not go on (a report could not be delivered, a consumer failed)."""
+
+
+@dataclass
+class WorkerStats:
+    succeeded: int = 0
+    failed: int = 0
+    dead_letters: int = 0
+    cancelled: int = 0
+    """Tasks cancelled at shutdown, left uncommitted for redelivery."""
+
+
+class Worker:
+    """Runs ``agents`` until :meth:`stop`; see the module documentation."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        agents: Iterable[Agent],
+        worker_id: str | None = None,
+        *,
+        concurrency: int | None = None,
+        grace_s: float | None = None,
+        non_retryable: tuple[type[BaseException], ...] = DEFAULT_NON_RETRYABLE,
+    ) -> None:
+        """``concurrency`` overrides every agent's limit (the CLI's ``--concurrency``);
+        ``grace_s`` defaults to ``APEX_WORKER_GRACE_S``; ``non_retryable`` applies
+        to agents that do not declare their own."""
+        self.settings = settings
+        self.agents = _by_capability(agents)
+        self.worker_id = (
+            worker_id or settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        )
+        self.concurrency = concurrency
+        self.grace_s = settings.worker_grace_s if grace_s is None else grace_s
+        self.non_retryable = non_retryable
+        self.stats = WorkerStats()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._failure: BaseException | None = None
+
+    def group_of(self, capability: str) -> str:
+        """The consumer group of this capability's workers."""
+        return f"{self.settings.topic_prefix}workers.{capability}"
+
+    async def run(self) -> None:
+        """Consume and execute until :meth:`stop`; raise :class:`WorkerError` on failure.
+
+        A worker runs once: after ``run()`` returns, make a new one.
+        """
+        producer = make_producer(self.settings, client_id=f"apex-worker-{self.worker_id}")
+        try:
+            await ensure_topics(self.settings, list(self.agents))
+            await producer.start()
+        except (KafkaError, TopologyError) as exc:
+            await producer.stop()
+            raise WorkerError(
+                f"worker {self.worker_id} cannot start: Kafka at {self.settings.kafka_bootstrap} "
+                f"answered {exc!r} (is it running? `apex dev status`)"
+            ) from exc
+        reporter = Reporter(producer, self.settings, self.worker_id)
+        lanes = [_Lane(self, agent, reporter) for agent in self.agents.values()]
+        fetchers: list[asyncio.Task[None]] = []
+        try:
+            for lane in lanes:
+                await lane.start()
+            fetchers = [asyncio.create_task(lane.fetch(self._stopping)) for lane in lanes]
+            log.info(
+                "worker %s running %s",
+                self.worker_id,
+                ", ".join(f"{lane.agent.capability} (x{lane.limit})" for lane in lanes),
+            )
+            stopped = asyncio.ensure_future(self._stopping.wait())
+            done, _ = await asyncio.wait({*fetchers, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                await task  # a fetcher that ended before stop() failed: raise its error
+        except Exception as exc:
+            self._fail(exc)
+        except asyncio.CancelledError:
+            self._hurry.set()  # cancelled from outside: no grace period
+            raise
+        finally:
+            self._stopping.set()
+            await asyncio.gather(*fetchers, return_exceptions=True)
+            await self._drain(lanes)
+            for lane in lanes:
+                await lane.close()
+            await producer.stop()
+            log.info("worker %s stopped: %s", self.worker_id, self.stats)
+        if self._failure is not None:
+            raise WorkerError(f"worker {self.worker_id} failed: {self._failure!r}") from (
+                self._failure
+            )
+
+    def stop(self) -> None:
+        """Stop fetching and begin the graceful shutdown; a second call skips the grace."""
+        if self._stopping.is_set():
+            self._hurry.set()
+        self._stopping.set()
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def _drain(self, lanes: Sequence[_Lane]) -> None:
+        """Give in-flight tasks the grace period, cancel the rest, commit what is done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while not self._hurry.is_set():
+                inflight = {task for lane in lanes for task in lane.runs}
+                remaining = deadline - loop.time()
+                if not inflight or remaining <= 0:
+                    break
+                await asyncio.wait(
+                    {*inflight, hurry}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            hurry.cancel()
+        leftovers = [task for lane in lanes for task in lane.cancel_all()]
+        if leftovers:
+            self.stats.cancelled += len(leftovers)
+            log.warning(
+                "grace period over: %d task(s) cancelled without a report; they will be "
+                "delivered again",
+                len(leftovers),
+            )
+            await asyncio.wait(leftovers, timeout=CANCEL_WAIT_S)
+        for lane in lanes:
+            await lane.commit(quiet=True)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            log.critical("worker %s is stopping after an error: %r", self.worker_id, exc)
+        self.stop()
+        self._hurry.set()  # the producer or a consumer is broken: waiting would not help
+
+
+class _Lane:
+    """One capability of a worker: its consumer, its limit, its tasks in flight."""
+
+    def __init__(self, worker: Worker, agent: Agent, reporter: Reporter) -> None:
+        settings = worker.settings
+        self.worker = worker
+        self.agent = agent
+        self.limit = worker.concurrency or agent.concurrency or settings.worker_concurrency
+        self.runs: dict[asyncio.Task[None], TaskRun | None] = {}
+        self.offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._reporter = reporter
+        self._heartbeat_s = agent.heartbeat_s or settings.worker_heartbeat_s or None
+        self._non_retryable = (
+            worker.non_retryable if agent.non_retryable is None else agent.non_retryable
+        )
+        self._slot_freed = asyncio.Event()
+        group = worker.group_of(agent.capability)
+        self.consumer: AIOKafkaConsumer = make_consumer(
+            settings, group_id=group, client_id=f"{group}-{worker.worker_id}"
+        )
+        self.consumer.subscribe([task_topic(settings, agent.capability)], listener=_Rebalance(self))
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def close(self) -> None:
+        await self.consumer.stop()  # leaves the group: the partitions move on at once
+
+    # -- fetching ---------------------------------------------------------------------
+
+    async def fetch(self, stopping: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.worker.settings.worker_commit_interval_s
+        next_commit = loop.time() + interval
+        while not stopping.is_set():
+            free = self.limit - len(self.runs)
+            if free > 0:
+                if self.consumer.paused():
+                    self.consumer.resume(*self.consumer.paused())
+                batch = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=free)
+                self._start_all(batch)
+            else:
+                await self._idle_until_slot(stopping)
+            if loop.time() >= next_commit:
+                await self.commit(quiet=True)
+                next_commit = loop.time() + interval
+
+    async def _idle_until_slot(self, stopping: asyncio.Event) -> None:
+        """Full: pause fetching, but keep polling so the group sees a live member."""
+        self.consumer.pause(*self.consumer.assignment())
+        self._slot_freed.clear()
+        poll = asyncio.ensure_future(self.consumer.getmany(timeout_ms=10 * POLL_MS))
+        waits = {poll, asyncio.ensure_future(self._slot_freed.wait())}
+        waits.add(asyncio.ensure_future(stopping.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if poll.done() and not poll.cancelled() and poll.exception() is None:
+            # Records of partitions assigned while we were paused: no slot for them,
+            # so rewind; they are fetched again when a slot frees.
+            for tp, records in poll.result().items():
+                if records:
+                    self.consumer.seek(tp, records[0].offset)
+
+    def _start_all(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            offsets = self.offsets.get(tp)
+            if offsets is None:
+                continue  # revoked meanwhile: its new owner reads it from the committed offset
+            for record in records:
+                offsets.received(record.offset)
+                task = asyncio.create_task(self._process(record, offsets))
+                self.runs[task] = None
+                task.add_done_callback(self._finished)
+
+    async def _process(self, record: Any, offsets: PartitionOffsets) -> None:
+        try:
+            dispatch = codec.decode_dispatch(record.value)
+            if dispatch.capability != self.agent.capability:
+                raise ValueError(
+                    f"dispatch for capability {dispatch.capability!r} on the task topic of "
+                    f"{self.agent.capability!r}"
+                )
+        except ValueError as exc:  # CodecError included: set aside, go on
+            await self._dead_letter(record, exc)
+        else:
+            run = TaskRun(
+                self.agent,
+                dispatch,
+                self._reporter,
+                heartbeat_s=self._heartbeat_for(dispatch.timeout_ms),
+                grace_s=self.worker.grace_s,
+                non_retryable=self._non_retryable,
+                headers=list(record.headers or ()),
+            )
+            task = asyncio.current_task()
+            assert task is not None
+            self.runs[task] = run
+            await run.run()
+            if isinstance(run.outcome, ReportTaskSucceeded):
+                self.worker.stats.succeeded += 1
+            else:
+                self.worker.stats.failed += 1
+        offsets.done(record.offset)  # only now: its outcome is in Kafka
+
+    def _heartbeat_for(self, timeout_ms: int | None) -> float | None:
+        if self._heartbeat_s is not None:
+            return self._heartbeat_s
+        return timeout_ms / 3000 if timeout_ms else None
+
+    async def _dead_letter(self, record: Any, error: Exception) -> None:
+        log.error(
+            "dispatch at %s[%d]@%d to the DLQ: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            error,
+        )
+        letter = dead_letter(self.worker.settings, record, f"worker.{self.agent.capability}", error)
+        await (await self._reporter.send_dead_letter(letter))
+        self.worker.stats.dead_letters += 1
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.runs.pop(task, None)
+        self._slot_freed.set()
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:  # a report or dead letter not delivered: its offset is stuck
+            self.worker._fail(error)
+
+    def cancel_all(self) -> list[asyncio.Task[None]]:
+        """Cancel the tasks in flight: no report, no commit, so they are redelivered."""
+        tasks = list(self.runs)
+        for task, run in self.runs.items():
+            if run is not None:
+                run.ctx.cancelled.set()
+            task.cancel()
+        return tasks
+
+    # -- offsets ------------------------------------------------------------------------
+
+    async def commit(self, *, quiet: bool = False, only: Iterable[TopicPartition] = ()) -> None:
+        """Commit each partition up to its lowest unfinished offset."""
+        wanted = set(only) or set(self.offsets)
+        targets = {
+            tp: (offsets, offset)
+            for tp, offsets in self.offsets.items()
+            if tp in wanted and (offset := offsets.committable()) is not None
+        }
+        if not targets:
+            return
+        try:
+            await self.consumer.commit({tp: offset for tp, (_, offset) in targets.items()})
+        except KafkaError as exc:
+            if not quiet:
+                raise
+            # A rebalance is under way: revocation commits, or the next owner redelivers.
+            log.warning("offset commit of %s skipped: %r", self.agent.capability, exc)
+            return
+        for offsets, offset in targets.values():
+            offsets.committed(offset)
+
+    async def acquire(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
+            self.offsets.setdefault(tp, PartitionOffsets())
+
+    async def release(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.commit(quiet=True, only=revoked)
+        for tp in revoked:
+            self.offsets.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, lane: _Lane) -> None:
+        self._lane = lane
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._lane.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._lane.acquire(list(assigned))
+
+
+def _by_capability(agents: Iterable[Agent]) -> dict[str, Agent]:
+    found: dict[str, Agent] = {}
+    for item in agents:
+        if not isinstance(item, Agent):
+            raise TypeError(
+                f"Worker agents must be functions decorated with @agent(...), got {item!r}"
+            )
+        if item.capability in found and found[item.capability] is not item:
+            raise ValueError(
+                f"two agents for capability {item.capability!r}: {found[item.capability]!r} and "
+                f"{item!r}; a worker runs one agent per capability"
+            )
+        found[item.capability] = item
+    if not found:
+        raise ValueError("a Worker needs at least one agent")
+    return found

@@ -1,0 +1,220 @@
+"""One task attempt without Kafka: reports, heartbeats, timeouts, cancellation.
+
+A fake reporter stands in for the producer; it encodes every command with the
+real codec (so reports are valid Avro) and acknowledges at once, or fails the
+heartbeats on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from apex import codec
+from apex.domain.commands import (
+    Command,
+    ReportTaskFailed,
+    ReportTaskHeartbeat,
+    ReportTaskStarted,
+    ReportTaskSucceeded,
+)
+from apex.domain.messages import TaskDispatch
+from apex.worker import FatalError, TaskContext, agent
+from apex.worker.execution import Reporter, TaskRun
+
+WAIT_S = 5.0
+
+
+class FakeReporter:
+    worker_id = "worker-1"
+
+    def __init__(self, *, heartbeats_fail: bool = False) -> None:
+        self.sent: list[Command] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
+        self.heartbeats_fail = heartbeats_fail
+        self.heartbeat_seen = asyncio.Event()
+
+    async def send(self, command: Command, headers: list[tuple[str, bytes]]) -> asyncio.Future[Any]:
+        codec.encode_command(command)  # raises CodecError like the real one
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if isinstance(command, ReportTaskHeartbeat) and self.heartbeats_fail:
+            future.set_exception(ConnectionError("broker unreachable"))
+        else:
+            self.sent.append(command)
+            self.headers.append(headers)
+            future.set_result(None)
+        if isinstance(command, ReportTaskHeartbeat) and len(self.heartbeats()) >= 2:
+            self.heartbeat_seen.set()
+        return future
+
+    def heartbeats(self) -> list[Command]:
+        return [c for c in self.sent if isinstance(c, ReportTaskHeartbeat)]
+
+
+def _run(
+    fn: Any,
+    reporter: FakeReporter,
+    *,
+    timeout_ms: int | None = None,
+    heartbeat_s: float | None = None,
+    grace_s: float = 0.05,
+    input: Any = None,
+    non_retryable: tuple[type[BaseException], ...] = (ValueError, TypeError),
+) -> TaskRun:
+    dispatch = TaskDispatch(
+        run_id="run-7",
+        step_id="classify",
+        attempt=2,
+        capability=fn.capability,
+        input=input if input is not None else {"text": "hello"},
+        timeout_ms=timeout_ms,
+        dispatched_at_ms=1_000,
+        definition="triage@3",
+        correlation_id="ticket-42",
+    )
+    return TaskRun(
+        fn,
+        dispatch,
+        cast(Reporter, reporter),
+        heartbeat_s=heartbeat_s,
+        grace_s=grace_s,
+        non_retryable=non_retryable,
+        headers=[("traceparent", b"00-abc-def-01"), ("other", b"x")],
+    )
+
+
+async def test_success_reports_started_then_succeeded_with_deterministic_ids() -> None:
+    @agent("classify")
+    async def classify(input: Any, ctx: TaskContext) -> Any:
+        return {"label": input["text"].upper(), "attempt": ctx.attempt}
+
+    reporter = FakeReporter()
+    await asyncio.wait_for(_run(classify, reporter).run(), WAIT_S)
+
+    started, succeeded = reporter.sent
+    assert isinstance(started, ReportTaskStarted)
+    assert isinstance(succeeded, ReportTaskSucceeded)
+    assert succeeded.output == {"label": "HELLO", "attempt": 2}
+    assert [c.command_id for c in reporter.sent] == [
+        "run-7/classify/2/started",
+        "run-7/classify/2/succeeded",
+    ]
+    assert {(c.run_id, c.correlation_id, c.worker_id) for c in (started, succeeded)} == {
+        ("run-7", "ticket-42", "worker-1")
+    }
+    assert succeeded.issued_at_ms > 0
+    assert reporter.headers[0] == [("traceparent", b"00-abc-def-01")]
+
+
+async def test_fatal_error_is_reported_as_not_retryable_with_type_and_message() -> None:
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        raise FatalError("ticket has no body")
+
+    reporter = FakeReporter()
+    await asyncio.wait_for(_run(classify, reporter).run(), WAIT_S)
+
+    failed = reporter.sent[-1]
+    assert isinstance(failed, ReportTaskFailed)
+    assert (failed.error, failed.retryable) == ("FatalError: ticket has no body", False)
+    assert failed.command_id == "run-7/classify/2/failed"
+
+
+async def test_configured_non_retryable_class_is_reported_as_not_retryable() -> None:
+    class Unsupported(Exception):
+        pass
+
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        raise Unsupported("language xx")
+
+    reporter = FakeReporter()
+    run = _run(classify, reporter, non_retryable=(Unsupported,))
+    await asyncio.wait_for(run.run(), WAIT_S)
+    failed = reporter.sent[-1]
+    assert isinstance(failed, ReportTaskFailed)
+    assert failed.retryable is False
+
+
+async def test_output_that_is_not_json_fails_the_step_without_retry() -> None:
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        return {"labels": {"a", "b"}}  # a set is not a JSON value
+
+    reporter = FakeReporter()
+    await asyncio.wait_for(_run(classify, reporter).run(), WAIT_S)
+
+    failed = reporter.sent[-1]
+    assert isinstance(failed, ReportTaskFailed)
+    assert failed.retryable is False
+    assert "not JSON" in failed.error
+
+
+async def test_heartbeats_are_sent_while_the_agent_runs() -> None:
+    reporter = FakeReporter()
+
+    @agent("classify")
+    async def classify(input: Any, ctx: TaskContext) -> Any:
+        await asyncio.wait_for(reporter.heartbeat_seen.wait(), WAIT_S)
+        return {"cancelled": ctx.cancelled.is_set()}
+
+    await asyncio.wait_for(_run(classify, reporter, timeout_ms=60_000, heartbeat_s=0.01).run(), 10)
+
+    beats = reporter.heartbeats()
+    assert [b.command_id for b in beats[:2]] == [
+        "run-7/classify/2/heartbeat/1",
+        "run-7/classify/2/heartbeat/2",
+    ]
+    succeeded = reporter.sent[-1]
+    assert isinstance(succeeded, ReportTaskSucceeded)
+    assert succeeded.output == {"cancelled": False}
+
+
+async def test_task_past_its_timeout_without_a_delivered_heartbeat_is_cancelled() -> None:
+    seen: dict[str, bool] = {}
+
+    @agent("classify")
+    async def classify(input: Any, ctx: TaskContext) -> Any:
+        try:
+            await asyncio.sleep(WAIT_S * 10)
+        except asyncio.CancelledError:
+            seen["cancelled_flag"] = ctx.cancelled.is_set()
+            seen["timed_out"] = ctx.timed_out
+            raise
+
+    reporter = FakeReporter(heartbeats_fail=True)
+    run = _run(classify, reporter, timeout_ms=50, heartbeat_s=0.01, grace_s=0.01)
+    await asyncio.wait_for(run.run(), WAIT_S)
+
+    assert seen == {"cancelled_flag": True, "timed_out": True}
+    failed = reporter.sent[-1]
+    assert isinstance(failed, ReportTaskFailed)
+    assert failed.retryable is True
+    assert failed.error.startswith("TimeoutError: no sign of life")
+
+
+async def test_cancelled_run_sends_no_outcome_and_signals_the_agent() -> None:
+    started = asyncio.Event()
+    seen: dict[str, bool] = {}
+
+    @agent("classify")
+    async def classify(input: Any, ctx: TaskContext) -> Any:
+        started.set()
+        try:
+            await asyncio.sleep(WAIT_S * 10)
+        except asyncio.CancelledError:
+            seen["cancelled_flag"] = ctx.cancelled.is_set()
+            raise
+
+    reporter = FakeReporter()
+    run = _run(classify, reporter)
+    task = asyncio.create_task(run.run())
+    await asyncio.wait_for(started.wait(), WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert [type(c) for c in reporter.sent] == [ReportTaskStarted]
+    assert seen == {"cancelled_flag": True}
