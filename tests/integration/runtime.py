@@ -138,7 +138,9 @@ async def read_events(settings: Settings) -> dict[str, list[ev.Event]]:
 
 
 async def read_results(settings: Settings) -> list[RunResult | StepResult]:
-    return [codec.decode_result(r.value) for r in await _read_all(settings, settings.topic("results"))]
+    return [
+        codec.decode_result(r.value) for r in await _read_all(settings, settings.topic("results"))
+    ]
 
 
 async def read_dlq(settings: Settings) -> list[Any]:
@@ -162,7 +164,10 @@ def spawn(settings: Settings, *args: str, name: str, log_dir: Path) -> subproces
     env = {**os.environ, **settings_env(settings), "APEX_INSTANCE_ID": name}
     log = (log_dir / f"{name}.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "apex", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "apex", *args],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         cwd=REPO,
     )
 

@@ -75,8 +75,13 @@ async def _submit(settings: Settings) -> list[str]:
 async def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(
     apex_settings: Settings, tmp_path: Path
 ) -> None:
-    worker = spawn(apex_settings, "worker", "tests.integration.failover_agents:agents",
-                   name="worker", log_dir=tmp_path)
+    worker = spawn(
+        apex_settings,
+        "worker",
+        "tests.integration.failover_agents:agents",
+        name="worker",
+        log_dir=tmp_path,
+    )
     first = spawn(apex_settings, "orchestrator", name="orch-1", log_dir=tmp_path)
     second = None
     try:
@@ -98,8 +103,13 @@ async def test_kill_9_mid_batch_then_restart_loses_and_duplicates_nothing(
 async def test_two_orchestrators_one_killed_the_other_finishes_all_runs(
     apex_settings: Settings, tmp_path: Path
 ) -> None:
-    worker = spawn(apex_settings, "worker", "tests.integration.failover_agents:agents",
-                   name="worker", log_dir=tmp_path)
+    worker = spawn(
+        apex_settings,
+        "worker",
+        "tests.integration.failover_agents:agents",
+        name="worker",
+        log_dir=tmp_path,
+    )
     orchs = [
         spawn(apex_settings, "orchestrator", name=f"orch-{n}", log_dir=tmp_path) for n in (1, 2)
     ]

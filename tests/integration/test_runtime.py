@@ -119,24 +119,40 @@ async def test_run_cancelled_mid_way_tells_the_running_step(apex_settings: Setti
 
 
 async def test_duplicated_worker_result_is_ignored(apex_settings: Settings) -> None:
-    wf = chain("dup", StepDefinition(id="a", capability="manual"), StepDefinition(
-        id="b", capability="manual", depends_on=("a",),
-        inputs={"x": parse_ref("$.steps.a.output.x")},
-    ))
+    wf = chain(
+        "dup",
+        StepDefinition(id="a", capability="manual"),
+        StepDefinition(
+            id="b",
+            capability="manual",
+            depends_on=("a",),
+            inputs={"x": parse_ref("$.steps.a.output.x")},
+        ),
+    )
     async with Runtime(apex_settings) as rt:  # no worker: the test reports by hand
         await rt.client.register(wf)
         run_id = await rt.client.start_run("dup")
         await rt.wait_for(run_id, lambda h: bool(of_type(h, ev.StepDispatched)))
         report = cmd.ReportTaskSucceeded(
-            command_id=str(uuid.uuid4()), run_id=run_id, issued_at_ms=now_ms(),
-            step_id="a", attempt=1, output={"x": 1},
+            command_id=str(uuid.uuid4()),
+            run_id=run_id,
+            issued_at_ms=now_ms(),
+            step_id="a",
+            attempt=1,
+            output={"x": 1},
         )
         await rt.client.send(report)
         await rt.client.send(report)  # the same record again (redelivery)
-        await rt.client.send(cmd.ReportTaskSucceeded(  # a second report, new command id
-            command_id=str(uuid.uuid4()), run_id=run_id, issued_at_ms=now_ms(),
-            step_id="a", attempt=1, output={"x": 2},
-        ))
+        await rt.client.send(
+            cmd.ReportTaskSucceeded(  # a second report, new command id
+                command_id=str(uuid.uuid4()),
+                run_id=run_id,
+                issued_at_ms=now_ms(),
+                step_id="a",
+                attempt=1,
+                output={"x": 2},
+            )
+        )
         history = await rt.wait_for(run_id, lambda h: len(of_type(h, ev.StepDispatched)) == 2)
         await asyncio.sleep(1.0)
         history = await rt.history(run_id)
@@ -191,3 +207,82 @@ async def test_undecodable_command_goes_to_dlq_and_processing_goes_on(
     assert headers["apex.dlq.stage"] == b"orchestrator"
     assert b"CodecError" in headers["apex.dlq.error_type"]
     assert headers["apex.dlq.topic"] == apex_settings.topic("commands").encode()
+
+
+async def test_signal_delivered_by_a_trigger_rule_wakes_the_waiting_step(
+    apex_settings: Settings, topic_factory: Any
+) -> None:
+    import json
+    from dataclasses import replace
+
+    from apex.domain.definitions import SignalWait
+    from apex.kafka.clients import make_producer
+    from apex.triggers import parse_rules
+    from streams.triggers import TriggerService
+
+    @agent("ship")
+    async def ship(input: dict[str, Any]) -> dict[str, Any]:
+        return {"shipped": input["order"], "paid_with": input["signal"]["method"]}
+
+    upstream = await topic_factory("shop.orders")
+    wf = chain(
+        "order",
+        StepDefinition(
+            id="ship",
+            capability="ship",
+            inputs={"order": parse_ref("$.input.order_id")},
+            wait_for_signal=SignalWait("payment", correlation=parse_ref("$.input.order_id")),
+        ),
+    )
+    rules = parse_rules(
+        {
+            "rules": [
+                {
+                    "name": "placed",
+                    "topic": upstream,
+                    "when": {"field": "$.type", "equals": "placed"},
+                    "start_run": {
+                        "definition": "order",
+                        "input": {"order_id": "$.order"},
+                        "idempotency_key": "$.order",
+                    },
+                },
+                {
+                    "name": "paid",
+                    "topic": upstream,
+                    "when": {"field": "$.type", "equals": "paid"},
+                    "send_signal": {
+                        "definition": "order",
+                        "correlation": "$.order",
+                        "signal": "payment",
+                        "payload": "$.payment",
+                    },
+                },
+            ]
+        }
+    )
+    settings = replace(apex_settings, triggers_start="earliest")
+    triggers = TriggerService(settings, rules)
+    async with Runtime(settings, [ship]) as rt:
+        await rt.client.register(wf)
+        trigger_task = asyncio.create_task(triggers.run())
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            placed = {"type": "placed", "order": "O-17"}
+            await producer.send_and_wait(upstream, json.dumps(placed).encode(), key=b"O-17")
+            from apex.client import run_id_for
+
+            run_id = run_id_for("order", "O-17")
+            await rt.wait_for(run_id, lambda h: bool(of_type(h, ev.SignalAwaited)))
+            paid = {"type": "paid", "order": "O-17", "payment": {"method": "card"}}
+            await producer.send_and_wait(upstream, json.dumps(paid).encode(), key=b"O-17")
+            history = await rt.wait_finished(run_id)
+        finally:
+            await producer.stop()
+            triggers.stop()
+            await asyncio.wait_for(trigger_task, 30)
+    assert isinstance(history[-1], ev.RunCompleted), history[-1]
+    (received,) = of_type(history, ev.SignalReceived)
+    assert (received.step_id, received.correlation_key) == ("ship", "O-17")
+    assert history[-1].outputs == {"ship": {"shipped": "O-17", "paid_with": "card"}}
