@@ -149,4 +149,6 @@ def apex_settings(settings: Settings, unique_topic_prefix: str) -> Settings:
     """Settings of an Apex deployment of the test's own: every topic and group is new."""
     from dataclasses import replace
 
-    return replace(settings, topic_prefix=unique_topic_prefix, partitions=3, session_timeout_ms=6000)
+    return replace(
+        settings, topic_prefix=unique_topic_prefix, partitions=3, session_timeout_ms=6000
+    )
