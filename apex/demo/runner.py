@@ -9,7 +9,6 @@ every run ended with the queue and priority its ticket calls for.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -64,7 +63,11 @@ class DemoOutcome:
 
 
 async def run_demo(
-    settings: Settings, *, count: int = 21, workers: int = 2, timeout_s: float = 180.0,
+    settings: Settings,
+    *,
+    count: int = 21,
+    workers: int = 2,
+    timeout_s: float = 180.0,
     console: Console | None = None,
 ) -> DemoOutcome:
     console = console or Console()
