@@ -8,6 +8,7 @@ settings table is generated from this module (``apex dev settings``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,7 +42,9 @@ class Settings:
     pg_port: int = _setting("APEX_PG_PORT", 15432, "PostgreSQL port.")
     pg_user: str = _setting("APEX_PG_USER", "apex", "PostgreSQL role Apex connects as.")
     pg_password: str = _setting("APEX_PG_PASSWORD", "apex", "Password of that role.")
-    pg_database: str = _setting("APEX_PG_DATABASE", "apex", "PostgreSQL database of the read models.")
+    pg_database: str = _setting(
+        "APEX_PG_DATABASE", "apex", "PostgreSQL database of the read models."
+    )
     pg_os_user: str = _setting(
         "APEX_PG_OS_USER",
         "embedded_postgres",
@@ -63,9 +66,79 @@ class Settings:
         "APEX_REPLICATION_FACTOR", 1, "Replication factor of created topics."
     )
 
+    linger_ms: int = _setting(
+        "APEX_LINGER_MS", 1, "Producer linger: how long a batch waits for more records."
+    )
+    fetch_max_wait_ms: int = _setting(
+        "APEX_FETCH_MAX_WAIT_MS", 20, "Consumer fetch wait; it bounds the idle latency of a hop."
+    )
+    session_timeout_ms: int = _setting(
+        "APEX_SESSION_TIMEOUT_MS", 10_000, "Consumer group session timeout (failover time)."
+    )
+    orchestrator_batch: int = _setting(
+        "APEX_ORCHESTRATOR_BATCH", 500, "Most commands the orchestrator decides in one transaction."
+    )
+    orchestrator_group: str = _setting(
+        "APEX_ORCHESTRATOR_GROUP", "apex-orchestrator", "Consumer group of orchestrator processes."
+    )
+    instance_id: str = _setting(
+        "APEX_INSTANCE_ID", "", "Name of this process in logs and worker ids; empty: host-pid."
+    )
+
     # -- PostgreSQL --------------------------------------------------------------
     database_url: str = _setting(
         "APEX_DATABASE_URL", "", "SQLAlchemy URL of the read models; empty means the local stack."
+    )
+
+    # -- agent workers -----------------------------------------------------------
+    worker_concurrency: int = _setting(
+        "APEX_WORKER_CONCURRENCY",
+        8,
+        "Tasks a worker runs at once per capability, unless the agent sets its own limit.",
+    )
+    worker_grace_s: float = _setting(
+        "APEX_WORKER_GRACE_S",
+        30.0,
+        "Seconds a stopping worker lets in-flight tasks finish; the rest are redelivered.",
+    )
+    worker_heartbeat_s: float = _setting(
+        "APEX_WORKER_HEARTBEAT_S",
+        0.0,
+        "Seconds between a running task's heartbeats; 0: a third of its timeout (none without).",
+    )
+    worker_commit_interval_s: float = _setting(
+        "APEX_WORKER_COMMIT_INTERVAL_S",
+        1.0,
+        "How often a worker commits the offsets of tasks whose reports Kafka acknowledged.",
+    )
+
+    # -- trigger rules -----------------------------------------------------------
+    triggers_start: str = _setting(
+        "APEX_TRIGGERS_START",
+        "latest",
+        "Where trigger rules first read an upstream topic: latest (new events) or earliest.",
+    )
+
+    # -- read models and audit ---------------------------------------------------
+    read_model_schema: str = _setting(
+        "APEX_READ_MODEL_SCHEMA",
+        "apex_rm",
+        "PostgreSQL schema of the read models; a rebuild swaps a fresh one in under this name.",
+    )
+    projector_batch: int = _setting(
+        "APEX_PROJECTOR_BATCH",
+        5000,
+        "Most events the projector applies in one PostgreSQL transaction (per partition).",
+    )
+    audit_seek_gap: int = _setting(
+        "APEX_AUDIT_SEEK_GAP",
+        500,
+        "Reading one run's events: other records read through (not seeked over) between two.",
+    )
+    rebuild_workers: int = _setting(
+        "APEX_REBUILD_WORKERS",
+        0,
+        "Processes a read-model rebuild folds partitions in; 0: one per core for big logs.",
     )
 
     @classmethod
@@ -122,9 +195,16 @@ def settings_table() -> list[tuple[str, str, str]]:
     for f in fields(Settings):
         default = f.default
         if isinstance(default, Path):
-            try:
+            with contextlib.suppress(ValueError):  # outside the repo: shown as is
                 default = default.relative_to(REPO_ROOT)
-            except ValueError:
-                pass
         rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
     return rows
+
+
+def settings_markdown() -> str:
+    """The settings table as Markdown, exactly as the README holds it."""
+    lines = ["| Variable | Default | What it does |", "|---|---|---|"]
+    for env, default, doc in settings_table():
+        shown = f"`{default}`" if default else "(empty)"
+        lines.append(f"| `{env}` | {shown} | {doc} |")
+    return "\n".join(lines) + "\n"
