@@ -70,7 +70,7 @@ async def run_demo(
     timeout_s: float = 180.0,
     console: Console | None = None,
 ) -> DemoOutcome:
-    console = console or Console()
+    console = console or Console(quiet=True)
     await devstack.ensure_stack(settings)
     definition = load_definition(DEFINITION_FILE)
     processes = _start_processes(settings, workers)
