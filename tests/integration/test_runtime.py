@@ -200,8 +200,15 @@ async def test_undecodable_command_goes_to_dlq_and_processing_goes_on(
         await rt.client._send(apex_settings.topic("commands"), "run-x", b"\xc3\x01garbage")
         run_id = await rt.client.start_run("dlq")
         history = await rt.wait_finished(run_id)
+        # The bad record sits on another partition than the run: wait for its letter.
+        letters: list[Any] = []
+        for _ in range(100):
+            letters = await read_dlq(apex_settings)
+            if letters:
+                break
+            await asyncio.sleep(0.3)
     assert isinstance(history[-1], ev.RunCompleted)
-    (letter,) = await read_dlq(apex_settings)
+    (letter,) = letters
     headers = dict(letter.headers)
     assert letter.value == b"\xc3\x01garbage"
     assert headers["apex.dlq.stage"] == b"orchestrator"
