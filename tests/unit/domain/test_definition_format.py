@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from strategies import workflow_definitions
 
 from apex.domain.definition_format import (
@@ -515,6 +515,7 @@ def test_the_json_schema_is_valid_and_accepts_the_example() -> None:
     jsonschema.validate(yaml.safe_load(EXAMPLE_PATH.read_text()), schema())
 
 
+@settings(deadline=None)  # the first call builds the schema validator
 @given(workflow_definitions(with_signals=True))
 def test_the_json_schema_accepts_every_valid_definition(defn: WorkflowDefinition) -> None:
     jsonschema = pytest.importorskip("jsonschema")
