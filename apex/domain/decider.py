@@ -9,15 +9,19 @@ What a command that cannot apply yields:
 
 * **nothing** when it is a harmless repeat under at-least-once delivery: the
   same ``StartRun`` again (same command id or idempotency key), a report for an
-  attempt that is already finished or superseded (stale), a ``FireTimer`` for a
-  timer that already fired or no longer matters, an approval of a step already
-  approved, a rejection of a step already rejected, a cancel of a cancelled run,
-  and any worker report or timer for a finished run.
+  attempt that is already finished or superseded (stale), a heartbeat that does
+  not move the attempt's last sign of life (a repeat, or one overtaken by a
+  later report), a ``SendSignal`` whose command was already accepted, a
+  ``FireTimer`` for a timer that already fired or no longer matters, an
+  approval of a step already approved, a rejection of a step already rejected,
+  a cancel of a cancelled run, and any worker report or timer for a finished run.
 * **CommandRejected** with the reason otherwise: an unknown run or workflow, a
-  start whose input breaks the input contract, a run id reused by another
-  start, an unknown step, an attempt from the future, an approval or rejection
-  of a step that is not waiting for one, a signal no step waits for, and any
-  cancel, signal or approval for a finished run.
+  start whose definition has no order (a cycle, an unknown dependency, a
+  duplicate step id), a start whose input breaks the input contract, a run id
+  reused by another start, an unknown step, an attempt from the future (one
+  never dispatched, also while the step waits to retry), an approval or
+  rejection of a step that is not waiting for one, a signal no step waits for,
+  and any cancel, signal or approval for a finished run.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 from apex.domain import commands as cmd
 from apex.domain import events as ev
 from apex.domain.definitions import JSON, FailurePolicy, GateWhen, Ref, StepDefinition
+from apex.domain.errors import DefinitionError
 from apex.domain.graph import sinks
 from apex.domain.rules import backoff_ms, contract_violations, holds, resolve, resolve_inputs
 from apex.domain.state import RunState, RunStatus, StepState, StepStatus, evolve
@@ -37,32 +42,44 @@ E = TypeVar("E", bound=ev.Event)
 
 def decide(state: RunState | None, command: cmd.Command) -> list[ev.Event]:
     """The events ``command`` causes in the run whose state is ``state``."""
+    return decide_and_evolve(state, command)[0]
+
+
+def decide_and_evolve(
+    state: RunState | None, command: cmd.Command
+) -> tuple[list[ev.Event], RunState | None]:
+    """:func:`decide`, and the state its events lead to: ``fold(events, state)``.
+
+    The decider folds each event it emits anyway; a caller that keeps the state
+    (the orchestrator) takes it from here instead of folding the events again.
+    """
     if isinstance(command, cmd.StartRun):
         return _start(state, command)
     if state is None:
-        return [_rejection_without_run(command, f"unknown run {command.run_id!r}")]
+        return [_rejection_without_run(command, f"unknown run {command.run_id!r}")], None
     decision = _Decision(state, command)
     if state.status.finished:
         _on_finished_run(decision, command)
     else:
         _HANDLERS[type(command)](decision, command)
-    return decision.events
+    return decision.events, decision.state
 
 
 class _Decision:
-    """Events chosen so far, and the state they lead to."""
+    """Events chosen so far, and the state they lead to.
 
-    __slots__ = ("command", "events", "state")
+    ``run`` is that state once the run exists (read it only then); ``state`` is
+    the same, or ``None`` before ``RunStarted``.
+    """
+
+    __slots__ = ("command", "events", "run", "state")
 
     def __init__(self, state: RunState | None, command: cmd.Command) -> None:
         self.state = state
+        if state is not None:
+            self.run: RunState = state
         self.command = command
         self.events: list[ev.Event] = []
-
-    @property
-    def run(self) -> RunState:
-        assert self.state is not None, "no run yet"
-        return self.state
 
     @property
     def now(self) -> int:
@@ -70,27 +87,30 @@ class _Decision:
 
     def emit(self, event_type: type[E], **fields: Any) -> E:
         state = self.state
+        command = self.command
         event = event_type(
-            run_id=self.command.run_id,
+            run_id=command.run_id,
             seq=1 if state is None else state.seq + 1,
-            causation_id=self.command.command_id,
+            causation_id=command.command_id,
             correlation_id=(
                 state.correlation_id
                 if state is not None
-                else self.command.correlation_id or self.command.run_id
+                else command.correlation_id or command.run_id
             ),
-            occurred_at_ms=self.command.issued_at_ms,
+            occurred_at_ms=command.issued_at_ms,
             **fields,
         )
         self.events.append(event)
-        self.state = evolve(state, event)
+        after = evolve(state, event)
+        assert after is not None, "only a refusal without a run leaves no state"
+        self.state = self.run = after
         return event
 
     def reject(self, reason: str) -> None:
         self.emit(ev.CommandRejected, command_type=type(self.command).__name__, reason=reason)
 
     def step_def(self, step_id: str) -> StepDefinition:
-        return self.run.definition.step(step_id)
+        return self.run.step_defs[step_id]
 
     def outputs(self) -> dict[str, JSON]:
         return {
@@ -116,24 +136,25 @@ def _rejection_without_run(command: cmd.Command, reason: str) -> ev.CommandRejec
 # -- starting and finishing runs ---------------------------------------------------------
 
 
-def _start(state: RunState | None, c: cmd.StartRun) -> list[ev.Event]:
+def _start(
+    state: RunState | None, c: cmd.StartRun
+) -> tuple[list[ev.Event], RunState | None]:
     if state is not None:
         if c.command_id == state.start_command_id or (
             c.idempotency_key and c.idempotency_key == state.idempotency_key
         ):
-            return []
+            return [], state
         decision = _Decision(state, c)
         decision.reject(
             f"run {c.run_id!r} already exists (started by command {state.start_command_id!r}"
             f" with another idempotency key)"
         )
-        return decision.events
+        return decision.events, decision.state
     definition = c.definition
     if definition is None:
         version = "latest" if c.definition_version is None else c.definition_version
-        return [
-            _rejection_without_run(c, f"unknown workflow definition {c.definition_name}@{version}")
-        ]
+        reason = f"unknown workflow definition {c.definition_name}@{version}"
+        return [_rejection_without_run(c, reason)], None
     if definition.input:
         problems = contract_violations(definition.input, c.input)
         if problems:
@@ -142,19 +163,29 @@ def _start(state: RunState | None, c: cmd.StartRun) -> list[ev.Event]:
                     c, f"input does not match {definition.key}'s input contract: "
                     + "; ".join(problems)
                 )
-            ]
+            ], None
     d = _Decision(None, c)
-    d.emit(
-        ev.RunStarted,
-        definition=definition,
-        input=c.input,
-        idempotency_key=c.idempotency_key,
-        jitter_seed=c.jitter_seed,
-    )
+    try:
+        d.emit(
+            ev.RunStarted,
+            definition=definition,
+            input=c.input,
+            idempotency_key=c.idempotency_key,
+            jitter_seed=c.jitter_seed,
+        )
+    except ValueError as exc:
+        # Folding RunStarted orders the steps (graph.topological_order): a cycle, an
+        # unknown dependency or a duplicate step id leaves no order. Refuse the start
+        # rather than raise, so one bad definition cannot stop the orchestrator.
+        detail = (
+            "; ".join(map(str, exc.problems)) if isinstance(exc, DefinitionError) else str(exc)
+        )
+        reason = f"workflow definition {definition.key} is invalid: {detail}"
+        return [_rejection_without_run(c, reason)], None
     if definition.timeout_ms is not None:
         _timer(d, "run:timeout", d.now + definition.timeout_ms, "run_timeout", None, None)
     _advance(d)
-    return d.events
+    return d.events, d.state
 
 
 def _on_finished_run(d: _Decision, c: cmd.Command) -> None:
@@ -178,25 +209,30 @@ def _advance(d: _Decision) -> None:
     run = d.run
     if run.status.finished:
         return
+    steps = run.steps  # refreshed after each emit: only an emit changes the state
     for sid in run.order:
-        if d.run.steps[sid].status is not StepStatus.PENDING:
+        if steps[sid].status is not StepStatus.PENDING:
             continue
-        step = d.step_def(sid)
         blocked = None
         ready = True
-        for dep in step.depends_on:
-            dep_status = d.run.steps[dep].status
-            if dep_status in (StepStatus.FAILED, StepStatus.CANCELLED):
+        for dep in run.step_defs[sid].depends_on:
+            dep_status = steps[dep].status
+            if dep_status is StepStatus.FAILED or dep_status is StepStatus.CANCELLED:
                 blocked = f"upstream step {dep!r} {dep_status.value}"
                 break
-            if dep_status not in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            if dep_status is not StepStatus.SUCCEEDED and dep_status is not StepStatus.SKIPPED:
                 ready = False
         if blocked is not None:
             d.emit(ev.StepCancelled, step_id=sid, reason=blocked, was_running=False)
         elif ready:
             _schedule(d, sid)
-    if all(st.status.finished for st in d.run.steps.values()):
-        _finish(d)
+        else:
+            continue
+        steps = d.run.steps
+    for st in steps.values():
+        if not st.status.finished:
+            return
+    _finish(d)
 
 
 def _finish(d: _Decision) -> None:
@@ -388,6 +424,8 @@ def _cancel(d: _Decision, c: cmd.CancelRun) -> None:
 
 def _signal(d: _Decision, c: cmd.SendSignal) -> None:
     run = d.run
+    if c.command_id in run.signal_command_ids:
+        return  # delivered again: its SignalReceived is already in the log
     candidates = [
         s
         for s in run.definition.steps
@@ -477,10 +515,13 @@ def _reported_attempt(
     st = _waiting_step(d, c.step_id)
     if st is None:
         return None
-    if c.attempt > st.attempt:
+    # While a step waits to retry, ``attempt`` already names the next attempt,
+    # which has not been dispatched yet.
+    dispatched = st.attempt - 1 if st.status is StepStatus.RETRY_WAIT else st.attempt
+    if c.attempt > dispatched:
         d.reject(
             f"step {c.step_id!r} attempt {c.attempt} was never dispatched"
-            f" (current attempt is {st.attempt})"
+            f" (current attempt is {dispatched})"
         )
         return None
     if c.attempt < st.attempt or not st.status.active:
@@ -495,7 +536,12 @@ def _task_started(d: _Decision, c: cmd.ReportTaskStarted) -> None:
 
 
 def _task_heartbeat(d: _Decision, c: cmd.ReportTaskHeartbeat) -> None:
-    if _reported_attempt(d, c) is not None:
+    st = _reported_attempt(d, c)
+    if st is None:
+        return
+    # Only a later sign of life moves the timeout: a heartbeat delivered twice, or
+    # one overtaken by a later report, must neither repeat an event nor move it back.
+    if st.last_activity_ms is None or c.issued_at_ms > st.last_activity_ms:
         d.emit(ev.StepHeartbeat, step_id=c.step_id, attempt=c.attempt)
 
 
@@ -548,7 +594,11 @@ def _fire_timer(d: _Decision, c: cmd.FireTimer) -> None:
         if st.status.active and st.attempt == timer.attempt:
             timeout = d.step_def(sid).timeout_ms or 0
             assert st.last_activity_ms is not None
-            if d.now < st.last_activity_ms + timeout:
+            # A timer fired early (the timer service's clock is behind) is due at its
+            # own deadline: rescheduling it at that same deadline would bring back the
+            # timer id that just fired, and a repeated FireTimer would fire it again.
+            now = max(d.now, timer.fire_at_ms)
+            if now < st.last_activity_ms + timeout:
                 _schedule_timeout(d, sid)  # a heartbeat moved the deadline
             else:
                 d.emit(ev.StepTimedOut, step_id=sid, attempt=st.attempt)
