@@ -38,7 +38,7 @@ from apex.catalog import DefinitionCatalog
 from apex.chain import CHAIN_HEADER, GENESIS, chain_of, link
 from apex.config import Settings
 from apex.domain import commands as cmd
-from apex.domain.decider import decide
+from apex.domain.decider import decide_and_evolve
 from apex.domain.events import Event
 from apex.domain.messages import RunResult, StepResult, TaskDispatch
 from apex.domain.outbox import outbound
@@ -236,10 +236,7 @@ class Orchestrator:
             state = batch.runs.get(command.run_id) or part.runs.get(command.run_id)
             if isinstance(command, cmd.StartRun) and state is None:
                 command = await self._resolve_definition(command)
-            events = decide(state, command)
-            after = state
-            for event in events:
-                after = evolve(after, event)
+            events, after = decide_and_evolve(state, command)
         except Exception as exc:  # bad input, or a decider bug: set aside, go on
             log.error(
                 "command at %s[%d]@%d to the DLQ: %s",
