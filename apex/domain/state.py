@@ -486,3 +486,33 @@ _APPLY: dict[type[ev.Event], Callable[[RunState, Any], RunState]] = {
     ev.TimerFired: _timer_fired,
     ev.CommandRejected: _command_rejected,
 }
+
+
+def retire(state: RunState) -> RunState:
+    """A finished run, reduced to what deciding any later command reads.
+
+    Once a run has finished, the decider only answers with nothing or a
+    ``CommandRejected`` — it reads the status, seq, correlation id and what
+    identifies a repeated ``StartRun`` — so a long-lived orchestrator keeps this
+    instead of the whole state. The definition object is shared, not copied.
+    """
+    if not state.status.finished:
+        raise ValueError(f"run {state.run_id} is {state.status.value}: only a finished run retires")
+    return RunState(
+        run_id=state.run_id,
+        definition=state.definition,
+        input=None,
+        idempotency_key=state.idempotency_key,
+        jitter_seed=state.jitter_seed,
+        correlation_id=state.correlation_id,
+        start_command_id=state.start_command_id,
+        started_at_ms=state.started_at_ms,
+        seq=state.seq,
+        status=state.status,
+        steps={},
+        timers={},
+        order=(),
+        step_defs={},
+        error=state.error,
+        finished_at_ms=state.finished_at_ms,
+    )
