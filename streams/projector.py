@@ -1,0 +1,503 @@
+"""The projector: ``apex.events`` into the PostgreSQL read models, exactly once in effect.
+
+For each poll — the records it brought, of one or more partitions — it runs
+ONE PostgreSQL transaction:
+
+1. ``SELECT next_offset ... FOR UPDATE`` of each partition's row in
+   ``projection_checkpoints`` (in partition order) — the only truth of how far
+   the read models got;
+2. records below a checkpoint were applied already and are skipped; if a
+   checkpoint is not where this process left it (a rebuild swapped the schema
+   in, another projector moved it), that partition's records are dropped and
+   the consumer seeks to it;
+3. the rest is folded — ``project``/``evolve`` over each run's view — and the
+   changed rows are written in batches (pipelined multi-row statements);
+4. each checkpoint moves past its partition's records, in the same
+   transaction; COMMIT.
+
+One transaction per poll rather than per partition: the fixed cost of a
+transaction (a few round trips) is paid once for all partitions, which is what
+keeps the projection lag low when many partitions each bring a few events.
+
+A crash anywhere before COMMIT leaves rows and checkpoint as they were, and the
+next owner starts from the checkpoint: nothing is applied twice (the
+``event_index`` primary key would refuse it anyway) and nothing is missed. The
+consumer group's committed offset is only a hint for tools (lag); on
+assignment the projector seeks to the checkpoint.
+
+It keeps the view of each *running* run in memory (a finished run is dropped
+once written). A run it has no view of — after a restart, a rebalance or a
+rebuild — is folded from its earlier events, read from Kafka at the offsets the
+event index names (:meth:`EventLogReader.read_offsets`), in the batch's
+transaction. A cache is only trusted at the checkpoint it was built at.
+
+Why aiokafka and not a faust app, like ``streams/orchestrator.py``: faust's
+``exactly_once`` is Kafka-transactional, which says nothing about PostgreSQL;
+the guarantee here is the checkpoint row in the database transaction, and
+faust's agents (auto-commit, concurrency, logged rather than raised commit
+failures, duplicates on rebalance #323/#517) would only stand between the
+records and that transaction.
+
+An event that cannot be decoded or folded goes to ``apex.dlq`` (invariant 6) and
+the batch goes on; ``apex audit verify`` then reports the run's rows as
+different from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from apex import codec
+from apex.config import Settings
+from apex.domain.events import Event
+from apex.domain.state import FoldError
+from apex.kafka.clients import make_consumer, make_producer
+from apex.kafka.dlq import dead_letter
+from apex.kafka.event_log import EventLogReader, MissingOffsets
+from apex.kafka.topology import ensure_topics
+from apex.projections import rows as r
+from apex.projections.migrate import current_revision, head_revision
+from apex.projections.store import (
+    ProjectionStore,
+    ProjectionUnit,
+    StatementProjectionStore,
+    read_checkpoints,
+)
+
+log = logging.getLogger("apex.projector")
+
+
+BeforeCommit = Callable[[TopicPartition, Sequence[Any]], Awaitable[None]]
+"""A hook called with the applied records just before COMMIT (tests inject crashes)."""
+
+_MAX_DB_RETRIES = 5
+
+
+class SchemaNotMigrated(RuntimeError):
+    """The read-model schema is missing or behind the code's migrations."""
+
+
+@dataclass
+class BatchOutcome:
+    applied: int = 0
+    skipped: int = 0
+    """Records below the checkpoint: applied before."""
+    resynced: bool = False
+    """The checkpoint was not where this process left it: batch dropped, consumer moved."""
+    dead_letters: int = 0
+    next_offset: int | None = None
+
+
+@dataclass
+class ProjectorStats:
+    events: int = 0
+    batches: int = 0
+    skipped: int = 0
+    resyncs: int = 0
+    dead_letters: int = 0
+    loaded_runs: int = 0
+    """Runs folded from the log because no view of them was in memory."""
+    db_retries: int = 0
+
+
+@dataclass
+class _Partition:
+    checkpoint: int | None = None
+    """Where this process last saw the checkpoint; ``views`` are valid there only."""
+    views: dict[str, r.RunView] = field(default_factory=dict)
+
+    def reset(self, checkpoint: int) -> None:
+        self.checkpoint = checkpoint
+        self.views.clear()
+
+
+class Projector:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: AsyncEngine | None = None,
+        *,
+        store: ProjectionStore | None = None,
+        before_commit: BeforeCommit | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group = f"{settings.topic_prefix}projector"
+        self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.topic = settings.topic("events")
+        self.stats = ProjectorStats()
+        self._own_engine = engine is None
+        self.engine = engine or create_async_engine(settings.sqlalchemy_url)
+        self.store: ProjectionStore = store or StatementProjectionStore(
+            self.engine, settings.read_model_schema
+        )
+        self._before_commit = before_commit
+        self._parts: dict[int, _Partition] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: EventLogReader | None = None
+        self._dlq: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()
+        """Held by a transaction in flight; a revocation waits for it."""
+        self._failures = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Project until :meth:`stop`; raises on a database that keeps failing."""
+        await ensure_topics(self.settings)
+        await self.check_schema()
+        consumer = make_consumer(
+            self.settings, group_id=self.group, client_id=f"{self.group}-{self.instance}"
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.topic], listener=_Rebalance(self))
+        await consumer.start()
+        log.info(
+            "projector %s started (group %s, schema %s)",
+            self.instance,
+            self.group,
+            self.store.schema,
+        )
+        try:
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=200, max_records=self.settings.projector_batch
+                )
+                async with self._lock:
+                    work = await self._work(consumer, batch)
+                    if work:
+                        outcomes = await self._apply_retrying(work)
+                        await self._hint(
+                            {tp: o.next_offset for tp, o in outcomes.items() if o.next_offset}
+                        )
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def check_schema(self) -> None:
+        revision = await current_revision(self.engine, self.store.schema)
+        head = head_revision()
+        if revision != head:
+            raise SchemaNotMigrated(
+                f"read-model schema {self.store.schema!r} is at revision {revision or 'none'}, "
+                f"the code needs {head}: run `apex projections migrate` first"
+            )
+
+    async def _work(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[Any]]
+    ) -> list[tuple[TopicPartition, list[Any], int]]:
+        """Each owned partition with records, or whose position moved past its checkpoint
+        without any (transaction markers at the log end: the checkpoint moves there
+        too, so a caught-up projection sits at the log end); with that position."""
+        work = []
+        for tp in consumer.assignment():
+            part = self._parts.get(tp.partition)
+            if part is None:
+                continue
+            records = batch.get(tp, [])
+            position = await consumer.position(tp)
+            if records or (part.checkpoint is not None and position > part.checkpoint):
+                work.append((tp, records, position))
+        return work
+
+    async def _apply_retrying(
+        self, work: Sequence[tuple[TopicPartition, Sequence[Any], int | None]]
+    ) -> dict[TopicPartition, BatchOutcome]:
+        """:meth:`apply_many`; a failed transaction is retried (read again), a few times."""
+        try:
+            outcomes = await self.apply_many(work)
+        except (DBAPIError, asyncpg.PostgresError, OSError) as exc:
+            self._failures += 1
+            self.stats.db_retries += 1
+            if self._failures > _MAX_DB_RETRIES:
+                raise
+            log.warning("transaction failed (%s), reading its records again", exc)
+            for tp, records, position in work:
+                self._rewind(tp, records, position)
+            await asyncio.sleep(min(0.1 * 2**self._failures, 2.0))
+            return {}
+        self._failures = 0
+        return outcomes
+
+    def _rewind(self, tp: TopicPartition, records: Sequence[Any], position: int | None) -> None:
+        """After a failed transaction: forget the views, read again from the last checkpoint.
+
+        If the COMMIT went through and only its answer was lost, the next batch
+        finds the checkpoint ahead of this one and resyncs there.
+        """
+        part = self._parts.get(tp.partition)
+        if part is None:
+            return
+        part.views.clear()
+        if part.checkpoint is not None:
+            self._seek(tp, part.checkpoint)
+        elif records:
+            self._seek(tp, records[0].offset)
+        elif position is not None:
+            self._seek(tp, position)
+
+    async def _shutdown(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
+        if self._dlq is not None:
+            await self._dlq.stop()
+            self._dlq = None
+        self._parts.clear()
+        if self._own_engine:
+            await self.engine.dispose()
+
+    # -- one poll, one transaction ---------------------------------------------------------
+
+    async def apply(
+        self, tp: TopicPartition, records: Sequence[Any], position: int | None = None
+    ) -> BatchOutcome:
+        """Apply one partition's records (in offset order) in one transaction."""
+        return (await self.apply_many([(tp, records, position)]))[tp]
+
+    async def apply_many(
+        self, work: Sequence[tuple[TopicPartition, Sequence[Any], int | None]]
+    ) -> dict[TopicPartition, BatchOutcome]:
+        """Apply several partitions' records in ONE transaction.
+
+        Each item is a partition, its records in offset order, and the
+        consumer's position after them (``None`` when unknown): it can be past
+        the last record — a transaction's commit marker takes an offset — and
+        the checkpoint moves there, so a caught-up projection sits at the log end.
+        """
+        outcomes: dict[TopicPartition, BatchOutcome] = {}
+        moves: dict[TopicPartition, tuple[int, int]] = {}
+        folded: list[tuple[_Partition, dict[str, r.RunView]]] = []
+        applied: list[tuple[TopicPartition, list[Any]]] = []
+        changes = r.Changes()
+        dead: list[tuple[Any, BaseException]] = []
+        async with self.store.transaction() as unit:
+            locked_at: dict[tuple[str, int], int] = {}
+            for topic in sorted({tp.topic for tp, _, _ in work}):
+                partitions = [tp.partition for tp, _, _ in work if tp.topic == topic]
+                for partition, offset in (await unit.lock_checkpoints(topic, partitions)).items():
+                    locked_at[(topic, partition)] = offset
+            for tp, records, position in work:
+                part = self._parts.setdefault(tp.partition, _Partition())
+                locked = locked_at[(tp.topic, tp.partition)]
+                first = records[0].offset if records else position
+                if part.checkpoint != locked and (
+                    part.checkpoint is not None or (first is not None and first > locked)
+                ):
+                    # Not where we left it: a rebuild was swapped in, or another
+                    # projector applied these. Our views are stale; the log from
+                    # the checkpoint on is what is missing.
+                    log.info(
+                        "%s[%d]: checkpoint is %d, this projector had %s: resync",
+                        tp.topic,
+                        tp.partition,
+                        locked,
+                        part.checkpoint,
+                    )
+                    part.reset(locked)
+                    self._seek(tp, locked)
+                    self.stats.resyncs += 1
+                    outcomes[tp] = BatchOutcome(resynced=True, next_offset=locked)
+                    continue
+                fresh = [rec for rec in records if rec.offset >= locked]
+                skipped = len(records) - len(fresh)
+                self.stats.skipped += skipped
+                part.checkpoint = locked
+                next_offset = max(locked, fresh[-1].offset + 1 if fresh else 0, position or 0)
+                outcomes[tp] = BatchOutcome(skipped=skipped, next_offset=next_offset)
+                if next_offset == locked:
+                    continue
+                moves[tp] = (locked, next_offset)
+                if fresh:
+                    after, part_changes, part_dead = await self._fold(unit, part, fresh)
+                    changes.extend(part_changes)
+                    folded.append((part, after))
+                    applied.append((tp, fresh))
+                    dead.extend(part_dead)
+                    outcomes[tp].applied = len(fresh) - len(part_dead)
+                    outcomes[tp].dead_letters = len(part_dead)
+            await unit.write(changes)
+            for topic in sorted({tp.topic for tp in moves}):
+                await unit.advance_many(
+                    topic, {tp.partition: m for tp, m in moves.items() if tp.topic == topic}
+                )
+            if dead:
+                await self._dead_letters(dead)
+            if self._before_commit is not None:
+                for tp, fresh in applied:
+                    await self._before_commit(tp, fresh)
+        # Committed: only now does memory follow the database.
+        for tp, (_, next_offset) in moves.items():
+            self._parts[tp.partition].checkpoint = next_offset
+        for part, after in folded:
+            for run_id, view in after.items():
+                if view.state.status.finished:
+                    part.views.pop(run_id, None)
+                else:
+                    part.views[run_id] = view
+        if applied:
+            self.stats.batches += 1
+            self.stats.events += sum(len(fresh) for _, fresh in applied)
+            self.stats.dead_letters += len(dead)
+        return outcomes
+
+    async def _fold(
+        self, unit: ProjectionUnit, part: _Partition, records: Sequence[Any]
+    ) -> tuple[dict[str, r.RunView], r.Changes, list[tuple[Any, BaseException]]]:
+        decoded: list[tuple[Any, Event]] = []
+        dead: list[tuple[Any, BaseException]] = []
+        for rec in records:
+            try:
+                decoded.append((rec, codec.decode_event(rec.value)))
+            except codec.CodecError as exc:
+                dead.append((rec, exc))
+        before: dict[str, r.RunView | None] = {}
+        unknown: dict[str, int] = {}
+        for _, event in decoded:
+            run_id = event.run_id
+            if event.seq == 0 or run_id in before or run_id in unknown:
+                continue
+            view = part.views.get(run_id)
+            if view is not None and view.state.seq == event.seq - 1:
+                before[run_id] = view
+            elif event.seq == 1:
+                before[run_id] = None
+            else:
+                unknown[run_id] = event.seq
+        if unknown:
+            before.update(await self._load(unit, unknown))
+        after: dict[str, r.RunView] = {}
+        index: list[r.EventIndexRow] = []
+        for rec, event in decoded:
+            if event.seq == 0:
+                continue  # belongs to no run's history (see apex.projections.rows)
+            run_id = event.run_id
+            try:
+                view = r.project(after.get(run_id, before.get(run_id)), event)
+            except FoldError as exc:
+                dead.append((rec, exc))
+                continue
+            if view is not None:
+                after[run_id] = view
+                index.append(r.index_row_at(event, rec.topic, rec.partition, rec.offset))
+        return after, r.changes_between(before, after, index), dead
+
+    async def _load(
+        self, unit: ProjectionUnit, first_seq: dict[str, int]
+    ) -> dict[str, r.RunView | None]:
+        """Views of runs this process has not folded: their earlier events, by the index."""
+        places: dict[tuple[str, int], list[int]] = {}
+        for _run_id, _seq, topic, partition, offset in await unit.indexed(list(first_seq)):
+            places.setdefault((topic, partition), []).append(offset)
+        reader = await self._log_reader()
+        events: list[Event] = []
+        for (topic, partition), offsets in places.items():
+            try:
+                found = await reader.read_offsets(topic, partition, offsets)
+            except MissingOffsets as exc:
+                log.error("cannot load runs from the index: %s", exc)
+                continue
+            for rec in found:
+                try:
+                    events.append(codec.decode_event(rec.value))
+                except codec.CodecError:
+                    continue  # it went to the DLQ when first met; the run cannot fold
+        by_run: dict[str, list[Event]] = {}
+        for event in sorted(events, key=lambda e: (e.run_id, e.seq)):
+            by_run.setdefault(event.run_id, []).append(event)
+        views: dict[str, r.RunView | None] = dict.fromkeys(first_seq)
+        for run_id in first_seq:
+            try:
+                view = r.fold_views(by_run.get(run_id, ())).get(run_id)
+            except FoldError as exc:  # its next events go to the DLQ, saying why
+                log.error("run %s cannot be folded from the index: %s", run_id, exc)
+                continue
+            if view is not None and view.state.seq == first_seq[run_id] - 1:
+                views[run_id] = view
+        self.stats.loaded_runs += len(first_seq)
+        return views
+
+    # -- Kafka side --------------------------------------------------------------------------
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        if self._consumer is not None and tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+
+    async def _hint(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit the group offsets for lag tools, once per poll; never relied on."""
+        if self._consumer is None:
+            return
+        owned = {tp: o for tp, o in offsets.items() if tp in self._consumer.assignment()}
+        if not owned:
+            return
+        try:
+            await self._consumer.commit(owned)
+        except Exception as exc:  # a rebalance in progress: the checkpoint is the truth
+            log.debug("offset hints not committed: %r", exc)
+
+    async def _log_reader(self) -> EventLogReader:
+        if self._reader is None:
+            self._reader = EventLogReader(self.settings)
+            await self._reader.start()
+        return self._reader
+
+    async def _dead_letters(self, dead: Sequence[tuple[Any, BaseException]]) -> None:
+        if self._dlq is None:
+            self._dlq = make_producer(self.settings)
+            await self._dlq.start()
+        for rec, exc in dead:
+            log.error(
+                "event at %s[%d]@%d to the DLQ: %s", rec.topic, rec.partition, rec.offset, exc
+            )
+            letter = dead_letter(self.settings, rec, "projector", exc)
+            await self._dlq.send_and_wait(
+                letter.topic, letter.value, key=letter.key, headers=letter.headers
+            )
+
+    # -- partition ownership ---------------------------------------------------------------------
+
+    async def _acquire(self, tps: Sequence[TopicPartition]) -> None:
+        assert self._consumer is not None
+        async with self.engine.connect() as connection:
+            checkpoints = await read_checkpoints(
+                connection, self.store.schema, self.store.projection
+            )
+        for tp in tps:
+            if tp.topic != self.topic:
+                continue
+            offset = checkpoints.get((tp.topic, tp.partition), 0)
+            self._parts[tp.partition] = _Partition(checkpoint=offset)
+            self._consumer.seek(tp, offset)
+            log.info("partition %d acquired: projecting from checkpoint %d", tp.partition, offset)
+
+    async def _release(self, tps: Sequence[TopicPartition]) -> None:
+        async with self._lock:  # a transaction in flight commits (or rolls back) first
+            for tp in tps:
+                self._parts.pop(tp.partition, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self._projector._release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self._projector._acquire(list(assigned))

@@ -1,0 +1,187 @@
+"""One contract, two backends (STYLE §2): the projection store's port on PostgreSQL.
+
+The live projector writes with :class:`StatementProjectionStore` (pipelined
+statements), the rebuild with :class:`CopyProjectionStore` (COPY); every test
+here runs on both, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from apex.projections import rows as r
+from apex.projections.migrate import current_revision, head_revision, migrate
+from apex.projections.schema import metadata
+from apex.projections.store import (
+    CheckpointError,
+    CopyProjectionStore,
+    EventAppliedTwice,
+    ProjectionStore,
+    StatementProjectionStore,
+    read_checkpoints,
+)
+from benchmarks.synthetic_log import play
+from tests.integration.projection_workload import snapshot
+
+TOPIC = "t.events"
+
+
+@pytest.fixture(params=[StatementProjectionStore, CopyProjectionStore], ids=["statements", "copy"])
+async def store(request: Any, async_engine: AsyncEngine, pg_schema: str) -> ProjectionStore:
+    await migrate(async_engine, pg_schema)
+    backend: ProjectionStore = request.param(async_engine, pg_schema)
+    return backend
+
+
+def batch_of(scenario: str, run_id: str, partition: int = 0, first_offset: int = 0) -> r.Changes:
+    """The changes of a whole synthetic run, as a projector computes them."""
+    events = play(scenario, run_id)
+    views = r.fold_views(events)
+    index = [
+        r.event_index_row(e, r.LogPosition(TOPIC, partition, first_offset + i))
+        for i, e in enumerate(events)
+    ]
+    return r.changes_between({}, views, index)
+
+
+async def test_the_migration_creates_what_the_metadata_describes(
+    async_engine: AsyncEngine, pg_schema: str
+) -> None:
+    await migrate(async_engine, pg_schema)
+
+    def diff(connection: Any) -> list[Any]:
+        context = MigrationContext.configure(
+            connection,
+            opts={"include_schemas": False, "compare_type": True},
+        )
+        return compare_metadata(context, metadata)
+
+    async with async_engine.connect() as connection:  # search_path is pg_schema only
+        differences = [
+            d for d in await connection.run_sync(diff) if "alembic_version" not in str(d)
+        ]
+    assert differences == []
+    assert await current_revision(async_engine, pg_schema) == head_revision()
+
+
+async def test_a_new_checkpoint_starts_at_zero_and_moves_with_its_transaction(
+    store: ProjectionStore,
+) -> None:
+    async with store.transaction() as unit:
+        assert await unit.lock_checkpoint(TOPIC, 0) == 0
+        await unit.advance(TOPIC, 0, 0, 42)
+    async with store.transaction() as unit:
+        assert await unit.lock_checkpoint(TOPIC, 0) == 42
+        assert await unit.lock_checkpoint(TOPIC, 1) == 0
+
+
+async def test_rows_and_checkpoint_commit_together_or_not_at_all(store: ProjectionStore) -> None:
+    changes = batch_of("ok", "run-1")
+    with pytest.raises(RuntimeError, match="dies"):
+        async with store.transaction() as unit:
+            locked = await unit.lock_checkpoint(TOPIC, 0)
+            await unit.write(changes)
+            await unit.advance(TOPIC, 0, locked, 23)
+            raise RuntimeError("the process dies before COMMIT")
+    empty = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
+    assert all(not rows for name, rows in empty.items() if name != "projection_checkpoints")
+    async with store.engine.connect() as connection:  # type: ignore[attr-defined]
+        assert await read_checkpoints(connection, store.schema) in ({}, {(TOPIC, 0): 0})
+
+
+async def test_written_rows_read_back_equal(store: ProjectionStore) -> None:
+    changes = batch_of("approved", "run-1")
+    async with store.transaction() as unit:
+        locked = await unit.lock_checkpoint(TOPIC, 0)
+        await unit.write(changes)
+        await unit.advance(TOPIC, 0, locked, len(changes.events))
+
+    tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
+    assert tables["runs"] == [tuple(row) for row in changes.runs]
+    assert tables["steps"] == sorted(tuple(row) for row in changes.steps)
+    assert tables["approvals"] == [tuple(row) for row in changes.approvals]
+    assert tables["event_index"] == [tuple(row) for row in changes.events]
+    assert tables["definition_counts"] == [tuple(row) for row in changes.counts]
+
+
+async def test_rows_are_upserted_and_counts_added(store: ProjectionStore) -> None:
+    events = play("retry", "run-1")
+    half = len(events) // 2
+    first = r.fold_views(events[:half])
+    second = r.fold_views(events[half:], dict(first))
+    for before, after in (({}, first), (first, second)):
+        async with store.transaction() as unit:
+            await unit.write(r.changes_between(before, after))
+    async with store.transaction() as unit:
+        await unit.write(batch_of("fail", "run-2"))
+
+    tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
+    retried, failed = second["run-1"], r.fold_views(play("fail", "run-2"))["run-2"]
+    assert tables["runs"] == [tuple(r.run_row(retried)), tuple(r.run_row(failed))]
+    assert tables["steps"] == sorted(
+        tuple(row) for row in r.step_rows(retried) + r.step_rows(failed)
+    )
+    assert tables["definition_counts"] == [tuple(row) for row in r.count_rows([retried, failed])]
+
+
+async def test_an_event_applied_twice_fails_on_the_primary_key_and_rolls_back(
+    store: ProjectionStore,
+) -> None:
+    changes = batch_of("ok", "run-1")
+    async with store.transaction() as unit:
+        await unit.write(changes)
+    with pytest.raises(EventAppliedTwice, match=r"\(run_id, seq\)=\(run-1, 23\)"):
+        async with store.transaction() as unit:
+            locked = await unit.lock_checkpoint(TOPIC, 0)
+            await unit.advance(TOPIC, 0, locked, 99)
+            await unit.write(r.Changes(events=changes.events[-1:]))
+    async with store.transaction() as unit:
+        assert await unit.lock_checkpoint(TOPIC, 0) == 0, "the checkpoint rolled back too"
+
+
+async def test_a_checkpoint_moves_only_under_its_lock_and_only_forward(
+    store: ProjectionStore,
+) -> None:
+    async with store.transaction() as unit:
+        with pytest.raises(CheckpointError, match="not locked"):
+            await unit.advance(TOPIC, 0, 0, 5)
+    async with store.transaction() as unit:
+        locked = await unit.lock_checkpoint(TOPIC, 0)
+        await unit.advance(TOPIC, 0, locked, 10)
+        with pytest.raises(CheckpointError, match="back"):
+            await unit.advance(TOPIC, 0, 10, 3)
+
+
+async def test_two_projectors_on_one_partition_take_turns_on_the_checkpoint(
+    store: ProjectionStore,
+) -> None:
+    first_locked = asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        async with store.transaction() as unit:
+            locked = await unit.lock_checkpoint(TOPIC, 0)
+            first_locked.set()
+            await asyncio.sleep(0.3)
+            await unit.advance(TOPIC, 0, locked, 10)
+            order.append("first commits")
+
+    async def second() -> int:
+        await first_locked.wait()
+        async with store.transaction() as unit:
+            seen = await unit.lock_checkpoint(TOPIC, 0)  # waits for the first's COMMIT
+            order.append("second locks")
+            return seen
+
+    async with store.transaction() as unit:
+        await unit.lock_checkpoint(TOPIC, 0)  # the row exists before they race
+    _, seen = await asyncio.gather(first(), second())
+
+    assert order == ["first commits", "second locks"]
+    assert seen == 10
