@@ -141,6 +141,46 @@ class Settings:
         "Processes a read-model rebuild folds partitions in; 0: one per core for big logs.",
     )
 
+    # -- telemetry ---------------------------------------------------------------
+    otel_exporter: str = _setting(
+        "APEX_OTEL_EXPORTER",
+        "none",
+        "Where spans go: none, otlp (APEX_OTLP_ENDPOINT), console, file (APEX_OTEL_FILE), "
+        "memory (tests).",
+    )
+    otlp_endpoint: str = _setting(
+        "APEX_OTLP_ENDPOINT",
+        "http://127.0.0.1:4318",
+        "OTLP/HTTP endpoint of the collector; spans are posted to <endpoint>/v1/traces.",
+    )
+    otel_file: str = _setting(
+        "APEX_OTEL_FILE",
+        "",
+        "JSON-lines span file of APEX_OTEL_EXPORTER=file; empty: APEX_HOME/spans/<service>.jsonl.",
+    )
+    otel_sample_ratio: float = _setting(
+        "APEX_OTEL_SAMPLE_RATIO",
+        1.0,
+        "Share of new traces recorded; every hop of a run follows its first span's decision.",
+    )
+    service_name: str = _setting(
+        "APEX_SERVICE_NAME",
+        "",
+        "service.name of this process's spans and metrics; empty: apex-<process> "
+        "(apex-orchestrator, apex-worker, ...).",
+    )
+    metrics_port: int = _setting(
+        "APEX_METRICS_PORT", 0, "Port serving Prometheus metrics at /metrics; 0: no metrics."
+    )
+    metrics_host: str = _setting(
+        "APEX_METRICS_HOST", "127.0.0.1", "Address the metrics port listens on."
+    )
+    log_format: str = _setting(
+        "APEX_LOG_FORMAT",
+        "text",
+        "Log lines of Apex processes: text or json (one object a line); both carry trace, run ids.",
+    )
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ

@@ -19,6 +19,18 @@ A transaction that fails stops the orchestrator with an error: it is never
 logged and skipped. Bad input (undecodable bytes, a key that is not the run id,
 a decider error) goes to ``apex.dlq`` inside the same transaction and
 processing goes on.
+
+Telemetry (only when set up; off, it costs a flag check per batch): every
+command gets a ``process apex.commands`` span, child of the context its
+headers carry (the client's send, or the worker span that reported), and that
+span's context goes into every event and result it yields; each dispatch gets
+a ``send apex.tasks.<capability>`` span of its own, the parent of the worker's
+execution. Each run's first context (its ``StartRun`` span's, rebuilt from
+``RunStarted``'s headers after a failover) is kept while it runs: a command
+that carries no context (an uninstrumented client, a script) or the context of
+another trace (a client that opened its own trace) is handled as a child of
+it, linked to the caller's span, so one run stays one trace. Metrics count
+commands and events by type and time each decision and each transaction.
 """
 
 from __future__ import annotations
@@ -27,11 +39,14 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from opentelemetry.trace import Span, SpanContext
 
 from apex import codec
 from apex.catalog import DefinitionCatalog
@@ -46,6 +61,9 @@ from apex.domain.state import RunState, evolve
 from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import ensure_topics, task_topic
+from apex.telemetry import flags, tracing
+from apex.telemetry import metrics as telemetry_metrics
+from apex.telemetry.propagation import Headers
 
 log = logging.getLogger("apex.orchestrator")
 
@@ -64,6 +82,8 @@ class _Partition:
     runs: dict[str, RunState] = field(default_factory=dict)
     chains: dict[str, bytes] = field(default_factory=dict)
     """Each run's last ``apex.chain`` hash."""
+    trace_roots: dict[str, SpanContext] = field(default_factory=dict)
+    """With tracing on: each running run's first span context (its ``RunStarted``'s)."""
 
 
 @dataclass
@@ -72,6 +92,34 @@ class _Batch:
 
     runs: dict[str, RunState] = field(default_factory=dict)
     chains: dict[str, bytes] = field(default_factory=dict)
+    trace_roots: dict[str, SpanContext | None] = field(default_factory=dict)
+    """Runs that began (their context) or ended (``None``) in this batch; tracing only."""
+    measured: _Measured | None = None
+    """With metrics on: what the batch's metrics will count once it commits."""
+
+
+@dataclass
+class _Measured:
+    commands: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    decisions: list[float] = field(default_factory=list)
+    dead_letters: int = 0
+
+    def record(self, transaction_s: float) -> None:
+        instruments = telemetry_metrics.get()
+        for command_type, n in self.commands.items():
+            instruments.commands.add(n, {"command_type": command_type})
+        for event_type, n in self.events.items():
+            instruments.events.add(n, {"event_type": event_type})
+        if retries := self.events.get("StepRetryScheduled"):
+            instruments.retries.add(retries)
+        if timeouts := self.events.get("StepTimedOut"):
+            instruments.timeouts.add(timeouts)
+        if self.dead_letters:
+            instruments.dlq.add(self.dead_letters, {"stage": "orchestrator"})
+        for seconds in self.decisions:
+            instruments.decision_duration.record(seconds)
+        instruments.transaction_duration.record(transaction_s)
 
 
 @dataclass
@@ -112,6 +160,8 @@ class Orchestrator:
         self._consumer = consumer
         consumer.subscribe([self._commands_topic], listener=_Rebalance(self))
         await consumer.start()
+        telemetry_metrics.watch_consumer(consumer, self.group)
+        telemetry_metrics.observe_active_runs(self, self._active_runs)
         log.info("orchestrator %s started (group %s)", self.instance, self.group)
         try:
             while not self._stopping.is_set():
@@ -130,7 +180,9 @@ class Orchestrator:
         self._stopping.set()
 
     async def _shutdown(self) -> None:
+        telemetry_metrics.forget_active_runs(self)
         if self._consumer is not None:
+            telemetry_metrics.unwatch_consumer(self._consumer)
             await self._consumer.stop()  # revokes: producers are closed by the listener
             self._consumer = None
         for part in list(self._parts.values()):
@@ -147,13 +199,13 @@ class Orchestrator:
                 continue
             producer = make_producer(self.settings, transactional_id=f"{self.group}-{tp.partition}")
             await producer.start()  # init_transactions: fences the previous owner
-            runs, chains = await self._rebuild(tp.partition)
+            runs, chains, roots = await self._rebuild(tp.partition)
             committed = await self._consumer.committed(tp)
             if committed is None:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, committed)
-            self._parts[tp] = _Partition(tp, producer, runs, chains)
+            self._parts[tp] = _Partition(tp, producer, runs, chains, roots)
             log.info(
                 "partition %d acquired: %d runs rebuilt, commands from offset %s",
                 tp.partition,
@@ -169,13 +221,17 @@ class Orchestrator:
                     await part.producer.stop()
                     log.info("partition %d released", tp.partition)
 
-    async def _rebuild(self, partition: int) -> tuple[dict[str, RunState], dict[str, bytes]]:
+    async def _rebuild(
+        self, partition: int
+    ) -> tuple[dict[str, RunState], dict[str, bytes], dict[str, SpanContext]]:
         """Fold the partition's events: the orchestrator's state comes from the log alone."""
         tp = TopicPartition(self._events_topic, partition)
         reader = make_consumer(self.settings, fetch_max_wait_ms=50)
         await reader.start()
         runs: dict[str, RunState] = {}
         chains: dict[str, bytes] = {}
+        roots: dict[str, SpanContext] = {}
+        traced = flags.TRACING
         try:
             reader.assign([tp])
             await reader.seek_to_beginning(tp)
@@ -188,21 +244,32 @@ class Orchestrator:
                     if state is not None:
                         runs[event.run_id] = state
                         chains[event.run_id] = chain_of(record.headers) or GENESIS
+                        if traced:
+                            if event.seq == 1:
+                                root = tracing.span_context_of(record.headers)
+                                if root is not None:
+                                    roots[event.run_id] = root
+                            elif state.status.finished:
+                                roots.pop(event.run_id, None)
                     self.stats.rebuilt_events += 1
         finally:
             await reader.stop()
-        return runs, chains
+        return runs, chains, roots
 
     # -- one batch, one transaction ---------------------------------------------------------
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         producer = part.producer
         batch = _Batch()
+        if flags.METRICS:
+            batch.measured = _Measured()
+            started = time.perf_counter()
         try:
             await producer.begin_transaction()
             sends = []
+            handle = self._handle_traced if flags.TRACING else self._handle
             for record in records:
-                for topic, key, value, headers in await self._handle(part, batch, record):
+                for topic, key, value, headers in await handle(part, batch, record):
                     sends.append(await producer.send(topic, value=value, key=key, headers=headers))
             await asyncio.gather(*sends)
             await producer.send_offsets_to_transaction(
@@ -219,12 +286,40 @@ class Orchestrator:
             ) from exc
         part.runs.update(batch.runs)
         part.chains.update(batch.chains)
+        for run_id, root in batch.trace_roots.items():
+            if root is None:
+                part.trace_roots.pop(run_id, None)
+            else:
+                part.trace_roots[run_id] = root
         self.stats.transactions += 1
         self.stats.commands += len(records)
+        if batch.measured is not None:
+            batch.measured.record(time.perf_counter() - started)
 
-    async def _handle(self, part: _Partition, batch: _Batch, record: Any) -> list[_Out]:
-        """The records one command yields: events, dispatches, results, or a dead letter."""
-        headers = [(k, v) for k, v in (record.headers or ()) if k == "traceparent"]
+    async def _handle_traced(self, part: _Partition, batch: _Batch, record: Any) -> list[_Out]:
+        """:meth:`_handle` inside the command's span (see the module documentation)."""
+        unsampled = tracing.unsampled(record.headers)
+        if unsampled is not None:  # its trace is not recorded: no span, the context passed on
+            return await self._handle(part, batch, record, forwarded=unsampled)
+        root = part.trace_roots.get(_key_text(record.key)) if record.key is not None else None
+        parent, links = tracing.join_run(record.headers, root)
+        with tracing.consumer_span(record, group=self.group, context=parent, links=links) as span:
+            return await self._handle(part, batch, record, span)
+
+    async def _handle(
+        self,
+        part: _Partition,
+        batch: _Batch,
+        record: Any,
+        span: Span | None = None,
+        forwarded: Headers | None = None,
+    ) -> list[_Out]:
+        """The records one command yields: events, dispatches, results, or a dead letter.
+
+        ``span`` is the command's span (tracing on), ``forwarded`` the trace
+        headers to pass on without one (an unsampled trace).
+        """
+        measured = batch.measured
         try:
             command = codec.decode_command(record.value)
             key = record.key.decode() if record.key is not None else None
@@ -236,7 +331,14 @@ class Orchestrator:
             state = batch.runs.get(command.run_id) or part.runs.get(command.run_id)
             if isinstance(command, cmd.StartRun) and state is None:
                 command = await self._resolve_definition(command)
-            events, after = decide_and_evolve(state, command)
+            if measured is None:
+                events, after = decide_and_evolve(state, command)
+            else:
+                started = time.perf_counter()
+                events, after = decide_and_evolve(state, command)
+                measured.decisions.append(time.perf_counter() - started)
+                measured.commands[type(command).__name__] += 1
+                measured.events.update(type(event).__name__ for event in events)
         except Exception as exc:  # bad input, or a decider bug: set aside, go on
             log.error(
                 "command at %s[%d]@%d to the DLQ: %s",
@@ -244,13 +346,32 @@ class Orchestrator:
                 record.partition,
                 record.offset,
                 exc,
+                extra={"run_id": _key_text(record.key)},
             )
             self.stats.dead_letters += 1
+            if measured is not None:
+                measured.dead_letters += 1
+            if span is not None:
+                tracing.record_error(span, exc)
             letter = dead_letter(self.settings, record, "orchestrator", exc)
             return [(letter.topic, letter.key, letter.value, letter.headers)]
         if after is not None:
             batch.runs[command.run_id] = after
         self.stats.events += len(events)
+        headers: Headers = forwarded or []
+        if span is not None:
+            headers = tracing.headers_of(span)
+            span.set_attributes(
+                {
+                    tracing.RUN_ID: command.run_id,
+                    tracing.COMMAND_TYPE: type(command).__name__,
+                    tracing.EVENTS: len(events),
+                }
+            )
+            if after is not None and after.status.finished:
+                batch.trace_roots[command.run_id] = None
+            elif state is None and after is not None:
+                batch.trace_roots[command.run_id] = span.get_span_context()
         chain = batch.chains.get(command.run_id) or part.chains.get(command.run_id, GENESIS)
         out: list[_Out] = []
         for event in events:
@@ -269,21 +390,35 @@ class Orchestrator:
             out.append((self._events_topic, record.key, value, [*headers, (CHAIN_HEADER, chain)]))
         if after is not None:
             batch.chains[command.run_id] = chain
-        return out + self._outbound(command.run_id, events, after, headers)
+        return out + self._outbound(command.run_id, events, after, headers, span)
 
     def _outbound(
         self,
         run_id: str,
         events: Sequence[Event],
         state: RunState | None,
-        headers: list[tuple[str, bytes]],
+        headers: Headers,
+        span: Span | None,
     ) -> list[_Out]:
         key = run_id.encode()
         out: list[_Out] = []
         for message in outbound(state, events):
             if isinstance(message, TaskDispatch):
                 topic = task_topic(self.settings, message.capability)
-                out.append((topic, key, codec.encode_dispatch(message), headers))
+                dispatch_headers = headers
+                if span is not None:  # the worker's span will be this one's child
+                    dispatch_headers = tracing.send_span(
+                        span,
+                        topic,
+                        key=run_id,
+                        attributes={
+                            tracing.RUN_ID: run_id,
+                            tracing.STEP_ID: message.step_id,
+                            tracing.ATTEMPT: message.attempt,
+                            tracing.CAPABILITY: message.capability,
+                        },
+                    )
+                out.append((topic, key, codec.encode_dispatch(message), dispatch_headers))
             elif isinstance(message, RunResult):
                 out.append((self._results_topic, key, codec.encode_run_result(message), headers))
             elif isinstance(message, StepResult):
@@ -304,6 +439,20 @@ class Orchestrator:
         if wanted:
             await ensure_topics(self.settings, wanted)
             self._task_topics |= wanted
+
+    def _active_runs(self) -> list[tuple[int, dict[str, Any]]]:
+        """Runs not finished per owned partition; read on the metrics exporter's thread."""
+        return [
+            (
+                sum(1 for state in list(part.runs.values()) if not state.status.finished),
+                {"partition": str(part.tp.partition)},
+            )
+            for part in list(self._parts.values())
+        ]
+
+
+def _key_text(key: bytes | None) -> str:
+    return key.decode("utf-8", "replace") if key is not None else ""
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

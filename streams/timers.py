@@ -7,6 +7,11 @@ the orchestrator uses, so the pending timers of a run are exactly
 lost. A timer is fired by sending ``FireTimer`` with a deterministic command id;
 it is sent again if no ``TimerFired`` follows within ``APEX_TIMER_RESEND_MS``.
 Firing twice is harmless: the decider ignores a timer that is no longer pending.
+
+Telemetry (when set up): a ``FireTimer`` is sent inside a ``send apex.commands``
+span, child of the context its ``TimerScheduled`` event carries (the
+orchestrator's decision that set the timer), so the firing and what it causes
+stay in the run's trace; metrics count the timers fired and the consumer's lag.
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from apex import codec
 from apex.config import Settings
 from apex.domain.commands import FireTimer
+from apex.domain.events import TimerScheduled
 from apex.domain.state import RunState, evolve
 from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.topology import ensure_topics
+from apex.telemetry import flags, metrics, tracing
+from apex.telemetry.propagation import Headers, extract, trace_headers
 
 log = logging.getLogger("apex.timers")
 
@@ -56,6 +64,8 @@ class TimerService:
         self._parts: dict[int, _Partition] = {}
         self._heap: list[tuple[int, str, str, int]] = []  # (due ms, run, timer, partition)
         self._scheduled: set[tuple[str, str]] = set()  # (run, timer) in the heap
+        self._contexts: dict[tuple[str, str], Headers] = {}
+        """With tracing on: the trace headers of each pending timer's ``TimerScheduled``."""
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
@@ -69,6 +79,7 @@ class TimerService:
         self._consumer = consumer
         consumer.subscribe([self._events_topic], listener=_Rebalance(self))
         await consumer.start()
+        metrics.watch_consumer(consumer, self.group)
         firing = asyncio.create_task(self._fire_loop())
         try:
             while not self._stopping.is_set():
@@ -81,6 +92,7 @@ class TimerService:
                     firing.result()  # surface a crash of the firing loop
         finally:
             firing.cancel()
+            metrics.unwatch_consumer(consumer)
             await consumer.stop()
             await self._producer.stop()
 
@@ -96,6 +108,8 @@ class TimerService:
             self.stats.events += 1
             if event.run_id in part.finished:
                 continue
+            if flags.TRACING and isinstance(event, TimerScheduled):
+                self._contexts[(event.run_id, event.timer_id)] = trace_headers(record.headers)
             state = evolve(part.runs.get(event.run_id), event)
             if state is None:
                 continue
@@ -125,6 +139,7 @@ class TimerService:
                     heapq.heappush(self._heap, (now + _RESEND_MS, run_id, timer_id, partition))
                 else:
                     self._scheduled.discard((run_id, timer_id))
+                    self._contexts.pop((run_id, timer_id), None)
             self.stats.pending = len(self._heap)
             delay = (self._heap[0][0] - now) / 1000 if self._heap else 1.0
             self._wake.clear()
@@ -144,10 +159,27 @@ class TimerService:
             issued_at_ms=now,
             timer_id=timer_id,
         )
-        await self._producer.send_and_wait(
-            self.settings.topic("commands"), codec.encode_command(command), key=run_id.encode()
-        )
+        topic = self.settings.topic("commands")
+        value = codec.encode_command(command)
+        if flags.TRACING:
+            with tracing.producer_span(
+                topic,
+                key=run_id,
+                context=extract(self._contexts.get((run_id, timer_id))),
+                attributes={
+                    tracing.RUN_ID: run_id,
+                    tracing.COMMAND_TYPE: "FireTimer",
+                    "apex.timer_id": timer_id,
+                },
+            ) as headers:
+                await self._producer.send_and_wait(
+                    topic, value, key=run_id.encode(), headers=headers
+                )
+        else:
+            await self._producer.send_and_wait(topic, value, key=run_id.encode())
         self.stats.fired += 1
+        if flags.METRICS:
+            metrics.get().timers_fired.add(1)
         log.debug("fired %s of run %s", timer_id, run_id)
 
     # -- partition ownership ----------------------------------------------------------------
@@ -166,6 +198,7 @@ class TimerService:
         self._heap = [entry for entry in self._heap if entry[3] in self._parts]
         heapq.heapify(self._heap)
         self._scheduled = {(run, timer) for _, run, timer, _ in self._heap}
+        self._contexts = {k: v for k, v in self._contexts.items() if k in self._scheduled}
 
 
 def _now_ms() -> int:

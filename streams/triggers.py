@@ -35,6 +35,12 @@ event, or a command that cannot be encoded goes to ``apex.dlq`` with the reason
 (inside the same transaction) and processing goes on. A tombstone (a record
 without a value, as compacted topics have) holds no event and is skipped. A failed transaction
 stops the service loudly; its offsets did not move, so a restart retries it.
+
+Telemetry (when set up): each business event is handled in a ``process <topic>``
+span, child of the trace context the upstream record carries (if any), and the
+commands it yields carry that span's context: a triggered run's trace starts at
+the upstream system's publish. With tracing off the upstream context is passed
+on unchanged. Metrics count commands by rule, dead letters by stage, and lag.
 """
 
 from __future__ import annotations
@@ -52,12 +58,15 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, KafkaError
+from opentelemetry.trace import Span
 
 from apex import codec
 from apex.config import Settings
 from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import ensure_topics
+from apex.telemetry import flags, metrics, tracing
+from apex.telemetry.propagation import Headers, trace_headers
 from apex.triggers import (
     DecodeError,
     ExtractionError,
@@ -78,7 +87,6 @@ SOURCE_HEADER = "apex.trigger.source"
 
 _BATCH = 500
 _TOPIC_POLL_S = 2.0
-_TRACE_HEADERS = ("traceparent", "tracestate")
 _STARTS = ("latest", "earliest")
 
 
@@ -135,6 +143,7 @@ class TriggerService:
         try:
             consumer.subscribe(self.rules.topics, listener=_Rebalance(self))
             await consumer.start()
+            metrics.watch_consumer(consumer, self.group)
             log.info(
                 "triggers %s started: %d rules on %s (group %s)",
                 self.instance,
@@ -151,6 +160,7 @@ class TriggerService:
                     if batch:
                         await self._process(producer, batch)
         finally:
+            metrics.unwatch_consumer(consumer)
             await consumer.stop()
             await producer.stop()
 
@@ -218,11 +228,21 @@ class TriggerService:
         if record.value is None:  # a tombstone (compacted topic) carries no event
             self.stats.tombstones += 1
             return []
+        if not flags.TRACING:
+            return self._decide(record, trace_headers(record.headers), None)
+        with tracing.consumer_span(record, group=self.group) as span:
+            return self._decide(record, None, span)
+
+    def _decide(self, record: Any, trace: Headers | None, span: Span | None) -> list[_Out]:
+        """The commands (or dead letters) of one record; ``trace`` or ``span``'s context on them."""
         try:
             event = self.rules.decoders[record.topic].decode(record.value)
         except DecodeError as exc:
+            if span is not None:
+                tracing.record_error(span, exc)
             return [self._dead_letter(record, "triggers.decode", exc)]
-        trace = [(k, bytes(v)) for k, v in (record.headers or ()) if k in _TRACE_HEADERS]
+        if span is not None:
+            trace = tracing.headers_of(span)
         source = f"{record.topic}/{record.partition}/{record.offset}".encode()
         now = time.time_ns() // 1_000_000
         outs: list[_Out] = []
@@ -234,11 +254,15 @@ class TriggerService:
             except (ExtractionError, codec.CodecError) as exc:
                 outs.append(self._dead_letter(record, f"triggers.rule.{rule.name}", exc))
                 continue
-            headers = [*trace, (RULE_HEADER, rule.name.encode()), (SOURCE_HEADER, source)]
+            headers = [*(trace or ()), (RULE_HEADER, rule.name.encode()), (SOURCE_HEADER, source)]
             outs.extend((self._commands_topic, key, value, headers) for key, value in encoded)
             self.stats.commands += len(encoded)
+            if flags.METRICS and encoded:
+                metrics.get().trigger_commands.add(len(encoded), {"rule": rule.name})
         if not outs:
             self.stats.unmatched += 1
+        if span is not None:
+            span.set_attribute("apex.records", len(outs))
         return outs
 
     def _dead_letter(self, record: Any, stage: str, error: Exception) -> _Out:
@@ -251,6 +275,8 @@ class TriggerService:
             error,
         )
         self.stats.dead_letters += 1
+        if flags.METRICS:
+            metrics.get().dlq.add(1, {"stage": stage})
         letter = dead_letter(self.settings, record, stage, error)
         return letter.topic, letter.key, letter.value, letter.headers
 

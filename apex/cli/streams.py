@@ -1,4 +1,10 @@
-"""``apex orchestrator`` and ``apex timers``: the stream processors, run until SIGTERM."""
+"""``apex orchestrator`` and ``apex timers``: the stream processors, run until SIGTERM.
+
+Each is a process of its own: it sets telemetry up from its settings
+(``APEX_OTEL_EXPORTER``, ``APEX_METRICS_PORT``; ``service.name`` apex-orchestrator
+or apex-timers unless ``APEX_SERVICE_NAME`` says otherwise), logs with trace
+and run ids (``APEX_LOG_FORMAT``), and flushes its spans when it stops.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Protocol
 
 import typer
 
+from apex import telemetry
 from apex.config import Settings
 
 
@@ -32,7 +39,8 @@ def orchestrator(
     """
     from streams.orchestrator import Orchestrator
 
-    _serve(Orchestrator(Settings.from_env()), verbose)
+    settings = Settings.from_env()
+    _serve(Orchestrator(settings), verbose, settings=settings, service_name="apex-orchestrator")
 
 
 def timers(
@@ -41,19 +49,29 @@ def timers(
     """Run the timer service: fire retry backoffs, timeouts and deadlines from the log."""
     from streams.timers import TimerService
 
-    _serve(TimerService(Settings.from_env()), verbose)
+    settings = Settings.from_env()
+    _serve(TimerService(settings), verbose, settings=settings, service_name="apex-timers")
 
 
-def configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+def configure_logging(verbose: bool, log_format: str = "text") -> None:
+    """Root logging of an Apex process: level, format, trace and run ids on each line."""
+    telemetry.configure_logging(log_format, logging.DEBUG if verbose else logging.INFO)
 
 
-def _serve(processor: _Processor, verbose: bool) -> None:
-    configure_logging(verbose)
+def _serve(
+    processor: _Processor,
+    verbose: bool,
+    *,
+    settings: Settings | None = None,
+    service_name: str | None = None,
+) -> None:
+    """Run ``processor`` until SIGTERM/SIGINT, with telemetry and logging set up.
+
+    ``service_name`` defaults to ``apex-<class name>`` (``apex-projector``).
+    """
+    settings = settings or Settings.from_env()
+    service_name = service_name or f"apex-{type(processor).__name__.lower()}"
+    configure_logging(verbose, settings.log_format)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -62,9 +80,10 @@ def _serve(processor: _Processor, verbose: bool) -> None:
         await processor.run()
 
     try:
+        telemetry.setup(settings, service_name)
         asyncio.run(main())
     except Exception as exc:  # a failed transaction, a lost broker: say so, exit non-zero
         logging.getLogger("apex").critical("stopped: %s", exc)
         raise typer.Exit(1) from exc
-
-
+    finally:
+        telemetry.shutdown()

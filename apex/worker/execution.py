@@ -39,6 +39,7 @@ from apex.domain.commands import (
 )
 from apex.domain.messages import TaskDispatch
 from apex.kafka.dlq import DeadLetter
+from apex.telemetry.propagation import TRACE_HEADERS
 from apex.worker.agent import Agent
 from apex.worker.context import TaskContext
 from apex.worker.errors import DEFAULT_NON_RETRYABLE, describe, is_retryable
@@ -51,8 +52,8 @@ C = TypeVar("C", bound=Command)
 CANCEL_WAIT_S = 5.0
 """How long a cancelled agent gets to unwind (its ``finally`` blocks); it may ignore it."""
 
-PROPAGATED_HEADERS = frozenset({"traceparent", "tracestate"})
-"""W3C trace context travels from the dispatch to its reports: one run, one trace."""
+PROPAGATED_HEADERS = TRACE_HEADERS
+"""W3C trace context travels from the dispatch (or the attempt's span) to its reports."""
 
 
 class Reporter:
@@ -107,6 +108,11 @@ class TaskRun:
         self._beat_task: asyncio.Task[None] | None = None
         self.outcome: Command | None = None
         """The report sent at the end: ``ReportTaskSucceeded`` or ``ReportTaskFailed``."""
+        self.error: BaseException | None = None
+        """Why the attempt failed (the agent's exception, a timeout, a cancellation)."""
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        """Wall-clock seconds around the agent's run (for the step duration metric)."""
 
     async def run(self) -> None:
         """Report, run, report; return once Kafka acknowledged the reports.
@@ -115,8 +121,10 @@ class TaskRun:
         must stop the worker, since its offset can never be committed.
         """
         self._alive_at = asyncio.get_running_loop().time()
+        self.started_at = time.time()
         started = await self._send(self._report(ReportTaskStarted, "started"))
         outcome = await self._run_agent()
+        self.finished_at = time.time()
         final = await self._send_outcome(outcome)
         await asyncio.gather(started, final)
 
@@ -140,17 +148,18 @@ class TaskRun:
     def _outcome(self, work: asyncio.Future[Any]) -> Command:
         if work.cancelled():
             if self.ctx.timed_out:
-                error = (
-                    "TimeoutError: no sign of life reached Kafka for "
-                    f"{self.dispatch.timeout_ms} ms; worker {self._reporter.worker_id} "
-                    "cancelled the task"
+                self.error = TimeoutError(
+                    f"no sign of life reached Kafka for {self.dispatch.timeout_ms} ms; "
+                    f"worker {self._reporter.worker_id} cancelled the task"
                 )
             else:
-                error = "CancelledError: the agent's task was cancelled"
+                self.error = asyncio.CancelledError("the agent's task was cancelled")
+            error = f"{type(self.error).__name__}: {self.error}"
             return self._report(ReportTaskFailed, "failed", error=error, retryable=True)
         exc = work.exception()
         if exc is None:
             return self._report(ReportTaskSucceeded, "succeeded", output=work.result())
+        self.error = exc
         retryable = is_retryable(exc, self._non_retryable)
         self.ctx.logger.warning(
             "failed (%s)", "retryable" if retryable else "not retryable", exc_info=exc
@@ -227,16 +236,12 @@ class TaskRun:
         except codec.CodecError as exc:  # the output is not a JSON value
             output = getattr(outcome, "output", None)
             self.ctx.logger.error("output cannot be reported: %s", exc)
+            self.error = TypeError(
+                f"agent {self.agent.capability!r} returned a value that is not JSON "
+                f"({type(output).__name__}): {exc}"
+            )
             failed = self._report(
-                ReportTaskFailed,
-                "failed",
-                error=describe(
-                    TypeError(
-                        f"agent {self.agent.capability!r} returned a value that is not JSON "
-                        f"({type(output).__name__}): {exc}"
-                    )
-                ),
-                retryable=False,
+                ReportTaskFailed, "failed", error=describe(self.error), retryable=False
             )
             self.outcome = failed
             return await self._send(failed)

@@ -21,9 +21,10 @@ import sys
 from collections.abc import Iterable
 from types import ModuleType
 
+from apex import telemetry
 from apex.config import Settings
 from apex.worker.agent import Agent
-from apex.worker.worker import Worker
+from apex.worker.worker import Worker, WorkerError
 
 log = logging.getLogger("apex.worker")
 
@@ -120,7 +121,19 @@ def agents_in(found: object, target: str = "") -> list[Agent]:
 
 
 async def run_worker(worker: Worker) -> None:
-    """Run ``worker`` until SIGTERM or SIGINT (a second one skips the grace period)."""
+    """Run ``worker`` until SIGTERM or SIGINT (a second one skips the grace period).
+
+    The worker process's entry point: unless the application set telemetry up
+    itself, it does so from the worker's settings (``apex-worker``), gives the
+    logs trace and run ids, and flushes the spans on the way out.
+    """
+    owned = telemetry.current() is None
+    if owned:
+        try:
+            telemetry.setup(worker.settings, "apex-worker")
+        except (ValueError, OSError) as exc:  # a bad exporter name, a metrics port in use
+            raise WorkerError(f"worker {worker.worker_id} cannot start: {exc}") from exc
+    telemetry.configure_logging(worker.settings.log_format)
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
@@ -130,6 +143,8 @@ async def run_worker(worker: Worker) -> None:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if owned:
+            telemetry.shutdown()
 
 
 def _on_signal(worker: Worker, sig: signal.Signals) -> None:

@@ -20,6 +20,14 @@ fetching stops at once; in-flight tasks get ``grace_s`` to finish (a second
 ``stop()`` ends the grace at once); then the rest have ``ctx.cancelled`` set
 and are cancelled, *without* a report and without committing their offsets,
 so they are redelivered. The worker commits what is done and leaves its groups.
+
+Telemetry (when set up): each attempt runs in a ``process apex.tasks.<capability>``
+span, child of the context the dispatch carries (the orchestrator's ``send``
+span), with the agent's error recorded on it; its context goes into the
+attempt's reports, so the orchestrator's handling of them joins the same trace.
+With tracing off the dispatch's context is passed on to the reports unchanged.
+Metrics: attempts by outcome, schedule-to-start and duration by capability,
+dead letters, and each lane's consumer lag.
 """
 
 from __future__ import annotations
@@ -37,10 +45,13 @@ from aiokafka.errors import KafkaError
 
 from apex import codec
 from apex.config import Settings
-from apex.domain.commands import ReportTaskSucceeded
+from apex.domain.commands import ReportTaskFailed, ReportTaskSucceeded
+from apex.domain.messages import TaskDispatch
 from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import TopologyError, ensure_topics, task_topic
+from apex.telemetry import flags, metrics, tracing
+from apex.telemetry.logs import bind_run
 from apex.worker.agent import Agent
 from apex.worker.errors import DEFAULT_NON_RETRYABLE
 from apex.worker.execution import CANCEL_WAIT_S, Reporter, TaskRun
@@ -208,6 +219,7 @@ class _Lane:
         )
         self._slot_freed = asyncio.Event()
         group = worker.group_of(agent.capability)
+        self.group = group
         self.consumer: AIOKafkaConsumer = make_consumer(
             settings, group_id=group, client_id=f"{group}-{worker.worker_id}"
         )
@@ -215,8 +227,10 @@ class _Lane:
 
     async def start(self) -> None:
         await self.consumer.start()
+        metrics.watch_consumer(self.consumer, self.group)
 
     async def close(self) -> None:
+        metrics.unwatch_consumer(self.consumer)
         await self.consumer.stop()  # leaves the group: the partitions move on at once
 
     # -- fetching ---------------------------------------------------------------------
@@ -277,26 +291,71 @@ class _Lane:
                     f"{self.agent.capability!r}"
                 )
         except ValueError as exc:  # CodecError included: set aside, go on
-            await self._dead_letter(record, exc)
-        else:
-            run = TaskRun(
-                self.agent,
-                dispatch,
-                self._reporter,
-                heartbeat_s=self._heartbeat_for(dispatch.timeout_ms),
-                grace_s=self.worker.grace_s,
-                non_retryable=self._non_retryable,
-                headers=list(record.headers or ()),
-            )
-            task = asyncio.current_task()
-            assert task is not None
-            self.runs[task] = run
-            await run.run()
-            if isinstance(run.outcome, ReportTaskSucceeded):
-                self.worker.stats.succeeded += 1
+            if flags.TRACING:
+                with tracing.consumer_span(record, group=self.group) as span:
+                    tracing.record_error(span, exc)
+                    await self._dead_letter(record, exc)
             else:
-                self.worker.stats.failed += 1
+                await self._dead_letter(record, exc)
+        else:
+            with bind_run(dispatch.run_id):
+                if flags.TRACING:
+                    await self._execute_traced(record, dispatch)
+                else:
+                    await self._execute(self._task_run(dispatch, list(record.headers or ())))
         offsets.done(record.offset)  # only now: its outcome is in Kafka
+
+    def _task_run(self, dispatch: TaskDispatch, headers: list[tuple[str, bytes]]) -> TaskRun:
+        return TaskRun(
+            self.agent,
+            dispatch,
+            self._reporter,
+            heartbeat_s=self._heartbeat_for(dispatch.timeout_ms),
+            grace_s=self.worker.grace_s,
+            non_retryable=self._non_retryable,
+            headers=headers,
+        )
+
+    async def _execute(self, run: TaskRun) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.runs[task] = run
+        await run.run()
+        if isinstance(run.outcome, ReportTaskSucceeded):
+            self.worker.stats.succeeded += 1
+        else:
+            self.worker.stats.failed += 1
+        if flags.METRICS:
+            self._measure(run)
+
+    async def _execute_traced(self, record: Any, dispatch: TaskDispatch) -> None:
+        """The attempt inside its span; the reports carry the span's context."""
+        attributes = {
+            tracing.RUN_ID: dispatch.run_id,
+            tracing.STEP_ID: dispatch.step_id,
+            tracing.ATTEMPT: dispatch.attempt,
+            tracing.CAPABILITY: dispatch.capability,
+        }
+        with tracing.consumer_span(record, group=self.group, attributes=attributes) as span:
+            run = self._task_run(dispatch, tracing.headers_of(span))
+            await self._execute(run)
+            outcome = run.outcome
+            if isinstance(outcome, ReportTaskFailed):
+                span.set_attribute(tracing.OUTCOME, "failed")
+                span.set_attribute("apex.retryable", outcome.retryable)
+                tracing.record_error(span, run.error or outcome.error, description=outcome.error)
+            else:
+                span.set_attribute(tracing.OUTCOME, "succeeded")
+
+    def _measure(self, run: TaskRun) -> None:
+        instruments = metrics.get()
+        outcome = "succeeded" if isinstance(run.outcome, ReportTaskSucceeded) else "failed"
+        capability = {"capability": self.agent.capability}
+        with_outcome = {**capability, "outcome": outcome}
+        instruments.worker_tasks.add(1, with_outcome)
+        waited = run.started_at - run.dispatch.dispatched_at_ms / 1000
+        instruments.schedule_to_start.record(max(0.0, waited), capability)
+        instruments.step_duration.record(max(0.0, run.finished_at - run.started_at), with_outcome)
 
     def _heartbeat_for(self, timeout_ms: int | None) -> float | None:
         if self._heartbeat_s is not None:
@@ -311,9 +370,12 @@ class _Lane:
             record.offset,
             error,
         )
-        letter = dead_letter(self.worker.settings, record, f"worker.{self.agent.capability}", error)
+        stage = f"worker.{self.agent.capability}"
+        letter = dead_letter(self.worker.settings, record, stage, error)
         await (await self._reporter.send_dead_letter(letter))
         self.worker.stats.dead_letters += 1
+        if flags.METRICS:
+            metrics.get().dlq.add(1, {"stage": stage})
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.runs.pop(task, None)
