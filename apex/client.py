@@ -52,6 +52,7 @@ from apex.kafka.clients import make_producer
 from apex.kafka.topology import ensure_topics
 from apex.queries import PendingApproval, ReadModels, RunInfo, RunPage
 from apex.subscription import Result, ResultKind, Subscription
+from apex.telemetry import tracing
 
 __all__ = [
     "ApexClient",
@@ -232,9 +233,16 @@ class ApexClient:
         The command id is the ``causation_id`` of the events it causes, and of
         the ``CommandRejected`` if the orchestrator refuses it.
         """
-        await self._send(
-            self.settings.topic("commands"), command.run_id, codec.encode_command(command)
-        )
+        topic = self.settings.topic("commands")
+        attributes = {tracing.RUN_ID: command.run_id, tracing.COMMAND_TYPE: type(command).__name__}
+        # With tracing on, the run's trace starts here (or inside the caller's span).
+        with tracing.producer_span(topic, key=command.run_id, attributes=attributes) as headers:
+            await self._started().send_and_wait(
+                topic,
+                value=codec.encode_command(command),
+                key=command.run_id.encode(),
+                headers=headers,
+            )
         return command.command_id
 
     # -- business events ------------------------------------------------------------------------
@@ -262,7 +270,10 @@ class ApexClient:
                 raise ValueError(f"the event is not a JSON value: {exc}") from None
         await self._require_topic(topic)
         raw_key = key.encode() if isinstance(key, str) else key
-        metadata = await self._started().send_and_wait(topic, value=value, key=raw_key)
+        with tracing.producer_span(topic, key=raw_key) as headers:
+            metadata = await self._started().send_and_wait(
+                topic, value=value, key=raw_key, headers=headers
+            )
         return Published(topic, metadata.partition, metadata.offset)
 
     # -- read models ------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,7 @@ from apex.projections.store import (
     StatementProjectionStore,
     read_checkpoints,
 )
+from apex.telemetry import flags, metrics, tracing
 
 log = logging.getLogger("apex.projector")
 
@@ -163,6 +165,7 @@ class Projector:
         self._consumer = consumer
         consumer.subscribe([self.topic], listener=_Rebalance(self))
         await consumer.start()
+        metrics.watch_consumer(consumer, self.group)
         log.info(
             "projector %s started (group %s, schema %s)",
             self.instance,
@@ -251,6 +254,7 @@ class Projector:
 
     async def _shutdown(self) -> None:
         if self._consumer is not None:
+            metrics.unwatch_consumer(self._consumer)
             await self._consumer.stop()
             self._consumer = None
         if self._reader is not None:
@@ -281,6 +285,7 @@ class Projector:
         the last record — a transaction's commit marker takes an offset — and
         the checkpoint moves there, so a caught-up projection sits at the log end.
         """
+        started_ns = time.time_ns() if flags.TRACING else 0
         outcomes: dict[TopicPartition, BatchOutcome] = {}
         moves: dict[TopicPartition, tuple[int, int]] = {}
         folded: list[tuple[_Partition, dict[str, r.RunView]]] = []
@@ -355,7 +360,38 @@ class Projector:
             self.stats.batches += 1
             self.stats.events += sum(len(fresh) for _, fresh in applied)
             self.stats.dead_letters += len(dead)
+        if applied and (flags.METRICS or flags.TRACING):
+            self._observe(applied, moves, started_ns)
         return outcomes
+
+    def _observe(
+        self,
+        applied: Sequence[tuple[TopicPartition, list[Any]]],
+        moves: dict[TopicPartition, tuple[int, int]],
+        started_ns: int,
+    ) -> None:
+        """Projection lag (time and events) and the projection spans of a committed batch."""
+        committed_ns = time.time_ns()
+        records = [rec for _, fresh in applied for rec in fresh]
+        if flags.METRICS:
+            metrics.record_projection_batch(
+                "read_models", (rec.timestamp for rec in records), committed_ns // 1_000_000
+            )
+            if self._consumer is not None:
+                for tp, (_, next_offset) in moves.items():
+                    end = metrics.log_end(self._consumer, tp)
+                    if end is not None:
+                        metrics.set_projection_backlog(
+                            "read_models", tp.topic, tp.partition, max(0, end - next_offset)
+                        )
+        if flags.TRACING:
+            tracing.record_spans(
+                records,
+                group=self.group,
+                start_time_ns=started_ns,
+                end_time_ns=committed_ns,
+                attributes={"apex.projection": "read_models"},
+            )
 
     async def _fold(
         self, unit: ProjectionUnit, part: _Partition, records: Sequence[Any]
@@ -458,6 +494,8 @@ class Projector:
         return self._reader
 
     async def _dead_letters(self, dead: Sequence[tuple[Any, BaseException]]) -> None:
+        if flags.METRICS:
+            metrics.get().dlq.add(len(dead), {"stage": "projector"})
         if self._dlq is None:
             self._dlq = make_producer(self.settings)
             await self._dlq.start()
@@ -490,6 +528,7 @@ class Projector:
         async with self._lock:  # a transaction in flight commits (or rolls back) first
             for tp in tps:
                 self._parts.pop(tp.partition, None)
+                metrics.clear_projection_backlog("read_models", tp.topic, tp.partition)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

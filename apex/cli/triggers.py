@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -68,23 +67,27 @@ def run(
     offsets; bad records go to the DLQ with the reason. A new consumer group
     starts at APEX_TRIGGERS_START (latest by default).
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from apex import telemetry
+
+    settings = Settings.from_env()
+    telemetry.configure_logging(settings.log_format, log_level.upper())
     rules = _load(rules_file)
     # Imported here: the streams package (and its Kafka clients) only when running.
     from streams.triggers import TransactionFailed, TriggerService
 
     try:
-        service = TriggerService(Settings.from_env(), rules)
+        service = TriggerService(settings, rules)
     except ValueError as exc:
         print_error("apex triggers run: cannot start", str(exc))
         raise typer.Exit(2) from None
+    telemetry.setup(settings, "apex-triggers")
     try:
         asyncio.run(_run_until_signal(service))
     except TransactionFailed as exc:
         print_error("apex triggers run failed", str(exc))
         raise typer.Exit(1) from None
+    finally:
+        telemetry.shutdown()
 
 
 # -- helpers ---------------------------------------------------------------------------------

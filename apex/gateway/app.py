@@ -110,6 +110,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    _trace_requests(app)
 
     from apex.gateway import approvals, definitions, runs, streams
 
@@ -123,6 +124,25 @@ def create_app(
         return Health(status="ok")
 
     return app
+
+
+def _trace_requests(app: FastAPI) -> None:
+    """A server span per request, child of the caller's ``traceparent``: with the
+    client's producer spans, a run started over HTTP is one trace from the request on."""
+    from apex import telemetry
+
+    @app.middleware("http")
+    async def trace_request(request: Any, call_next: Any) -> Any:
+        with telemetry.http_server_span(
+            request.method, request.url.path, request.headers
+        ) as span:
+            response = await call_next(request)
+            if span is not None:
+                route = request.scope.get("route")
+                if route is not None:
+                    span.update_name(f"{request.method} {route.path}")
+                span.set_attribute("http.response.status_code", response.status_code)
+            return response
 
 
 def _embed_definition_schema(app: FastAPI, components: dict[str, Any]) -> None:

@@ -20,12 +20,18 @@ __all__ = ["serve"]
 def serve(settings: Settings, options: GatewaySettings, *, log_level: str = "info") -> None:
     import uvicorn
 
+    from apex import telemetry
+
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    uvicorn.run(
-        create_app(settings, options),
-        host=options.host,
-        port=options.port,
-        log_level=log_level.lower(),
-        proxy_headers=False,
-        server_header=False,
-    )
+    telemetry.setup(settings, "apex-gateway")
+    try:
+        uvicorn.run(
+            create_app(settings, options),
+            host=options.host,
+            port=options.port,
+            log_level=log_level.lower(),
+            proxy_headers=False,
+            server_header=False,
+        )
+    finally:
+        telemetry.shutdown()
