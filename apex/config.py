@@ -183,14 +183,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            if name in env:
-                values[f.name] = _parse(env[name], f.default, name)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**env_values(cls, environ, overrides))
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -212,6 +205,20 @@ class Settings:
     def topic(self, name: str) -> str:
         """Full topic name: ``topic("events")`` is ``apex.events`` by default."""
         return f"{self.topic_prefix}{name}"
+
+
+def env_values(
+    settings_class: type, environ: dict[str, str] | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Field values of a settings dataclass from ``APEX_*`` variables, then ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in fields(settings_class):
+        name = f.metadata["env"]
+        if name in env:
+            values[f.name] = _parse(env[name], f.default, name)
+    values.update(overrides)
+    return values
 
 
 def _parse(raw: str, default: Any, env_name: str) -> Any:

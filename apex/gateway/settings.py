@@ -7,12 +7,11 @@ of documentation, and ``apex gateway --help`` and the README list them.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from apex.config import _parse, _setting
+from apex.config import _setting, env_values
 
 __all__ = ["GatewaySettings", "gateway_settings_table"]
 
@@ -40,14 +39,7 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> GatewaySettings:
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata["env"]
-            if name in env:
-                values[f.name] = _parse(env[name], f.default, name)
-        values.update(overrides)
-        settings = cls(**values)
+        settings = cls(**env_values(cls, environ, overrides))
         settings.allowed_topics  # noqa: B018  # refuse a malformed list at start, not per request
         return settings
 
