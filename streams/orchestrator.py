@@ -57,7 +57,7 @@ from apex.domain.decider import decide_and_evolve
 from apex.domain.events import Event
 from apex.domain.messages import RunResult, StepResult, TaskDispatch
 from apex.domain.outbox import outbound
-from apex.domain.state import RunState, evolve
+from apex.domain.state import RunState, evolve, retire
 from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import ensure_topics, task_topic
@@ -254,7 +254,7 @@ class Orchestrator:
                     self.stats.rebuilt_events += 1
         finally:
             await reader.stop()
-        return runs, chains, roots
+        return _retired(runs), chains, roots
 
     # -- one batch, one transaction ---------------------------------------------------------
 
@@ -284,7 +284,7 @@ class Orchestrator:
                 f"transaction for {part.tp.topic}[{part.tp.partition}] at offsets "
                 f"{records[0].offset}..{records[-1].offset} failed: {exc!r}"
             ) from exc
-        part.runs.update(batch.runs)
+        part.runs.update(_retired(batch.runs))
         part.chains.update(batch.chains)
         for run_id, root in batch.trace_roots.items():
             if root is None:
@@ -453,6 +453,11 @@ class Orchestrator:
 
 def _key_text(key: bytes | None) -> str:
     return key.decode("utf-8", "replace") if key is not None else ""
+
+
+def _retired(runs: dict[str, RunState]) -> dict[str, RunState]:
+    """Finished runs reduced to what later commands need: memory follows active runs."""
+    return {run_id: retire(s) if s.status.finished else s for run_id, s in runs.items()}
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
