@@ -1,0 +1,1 @@
+"""Apex's performance harness: ``apex bench`` (see benchmarks/harness.py)."""

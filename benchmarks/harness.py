@@ -1,0 +1,474 @@
+"""``apex bench``: every scenario, Apex and its peers side by side, in one run.
+
+The harness plans the scenarios, brings the peers up (Temporal's dev server,
+DBOS's database), runs each scenario's drivers as child processes — one system
+after the other within a scenario, so neighbours see the same machine — and
+writes ``benchmarks/results/<date>-<host>.json`` and ``benchmarks/RESULTS.md``.
+
+Scenarios (``--only`` takes shell patterns of these names):
+
+- ``decider``, ``codec``, ``rebuild``, ``audit``: scripts of their own, run with
+  ``--json`` (benchmarks/external.py);
+- ``e2e.<shape>.c<concurrency>``: the DAGs of benchmarks/workload.py on Apex,
+  Temporal and DBOS (benchmarks/apex_e2e.py, benchmarks/peers/);
+- ``memory``: orchestrator memory per active run (benchmarks/apex_memory.py);
+- ``projection-lag``: benchmarks/bench_projection_lag.py if someone writes it,
+  else the projector probed from outside under the chain5 throughput load
+  (benchmarks/projection_lag.py).
+
+Nothing here asserts anything: figures are written, compared with the targets
+of DESIGN.md, and read by people.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import importlib.util
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from apex.config import REPO_ROOT, Settings
+from benchmarks import external, procs
+from benchmarks.machine import cpu_stall_us, machine, versions
+from benchmarks.profiling import summarise
+from benchmarks.workload import SHAPES
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+MARKDOWN = REPO_ROOT / "benchmarks" / "RESULTS.md"
+PEERS = ("temporal", "dbos")
+
+
+@dataclass(frozen=True)
+class Level:
+    concurrency: int
+    runs: int
+    max_seconds: float
+
+
+FULL_LEVELS = (Level(1, 100, 60), Level(100, 2000, 60), Level(1000, 6000, 60))
+QUICK_LEVELS = (Level(1, 5, 10), Level(20, 60, 10))
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    only: tuple[str, ...] = ()
+    peers: tuple[str, ...] = PEERS
+    repeat: int = 1
+    profile: bool = False
+    worker_concurrency: int = 100
+    memory_runs: int = 10_000
+    results_dir: Path = RESULTS_DIR
+    markdown: Path | None = None
+    """Where the Markdown goes; None: RESULTS.md for a full run of everything, else nowhere."""
+    warmup: int = 20
+
+    def levels(self) -> tuple[Level, ...]:
+        return QUICK_LEVELS if self.quick else FULL_LEVELS
+
+
+@dataclass
+class Scenario:
+    name: str
+    kind: str  # external | e2e | memory
+    title: str
+    script: external.Script | None = None
+    shape: str = ""
+    level: Level | None = None
+
+
+def plan(options: Options) -> list[Scenario]:
+    scenarios: list[Scenario] = [
+        Scenario(s.scenario, "external", s.title, script=s)
+        for s in external.SCRIPTS
+        if s.scenario in {"decider", "codec"}
+    ]
+    for shape in SHAPES.values():
+        for level in options.levels():
+            scenarios.append(
+                Scenario(
+                    f"e2e.{shape.name}.c{level.concurrency}",
+                    "e2e",
+                    f"{shape.title}, {level.concurrency} concurrent run(s)",
+                    shape=shape.name,
+                    level=level,
+                )
+            )
+    scenarios.append(
+        Scenario("memory", "memory", "orchestrator memory per active run (approval gate)")
+    )
+    for script in external.SCRIPTS:
+        if script.scenario in {"decider", "codec"}:
+            continue
+        if script.scenario == "projection-lag" and not external.exists(script):
+            # No script of its own: probe the projector from outside, under the throughput load.
+            level = options.levels()[-1]
+            scenarios.append(
+                Scenario(
+                    "projection-lag",
+                    "projection",
+                    f"projection lag, projector running under chain5 at c={level.concurrency}",
+                    shape="chain5",
+                    level=level,
+                )
+            )
+            continue
+        scenarios.append(Scenario(script.scenario, "external", script.title, script=script))
+    if options.only:
+        scenarios = [
+            s for s in scenarios if any(fnmatch.fnmatchcase(s.name, p) for p in options.only)
+        ]
+    return scenarios
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+@dataclass
+class Peers:
+    """Peers available for this run, and why the others are not."""
+
+    temporal_address: str = ""
+    temporal_pid: int = 0
+    dbos_url: str = ""
+    status: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def available(self) -> list[str]:
+        return [name for name, st in self.status.items() if st.get("status") == "ok"]
+
+
+Progress = Callable[[str], None]
+
+
+def run(options: Options, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the plan; return the report (also written to ``options.results_dir``)."""
+    say = progress or (lambda _msg: None)
+    settings = Settings.from_env()
+    stamp = datetime.now(UTC)
+    run_dir = procs.WORK_DIR / f"run-{stamp:%Y%m%d-%H%M%S}"
+    _prune(procs.WORK_DIR, keep=10)
+    scenarios = plan(options)
+    report: dict[str, Any] = {
+        "schema": 1,
+        "started_at": stamp.isoformat(timespec="seconds"),
+        "quick": options.quick,
+        "options": _jsonable(asdict(options)),
+        "machine": machine(),
+        "versions": asyncio.run(versions(settings)),
+        "peers": {},
+        "scenarios": {},
+        "profiles": {},
+    }
+    needs_peers = any(s.kind == "e2e" for s in scenarios) and options.peers
+    with _peers(options.peers if needs_peers else (), run_dir, say) as peers:
+        report["peers"] = peers.status
+        if "temporal" in peers.status:
+            report["versions"]["temporal"] = peers.status["temporal"].get("version")
+        for scenario in scenarios:
+            say(f"{scenario.name}: {scenario.title}")
+            if scenario.kind == "external":
+                assert scenario.script is not None
+                entry = external.run_script(scenario.script, quick=options.quick)
+            elif scenario.kind == "memory":
+                entry = _memory(options, run_dir)
+            elif scenario.kind == "projection":
+                entry = _projection_lag(scenario, options, run_dir)
+            else:
+                entry = _e2e(scenario, options, peers, run_dir, report["profiles"], say)
+            report["scenarios"][scenario.name] = {
+                "kind": scenario.kind,
+                "title": scenario.title,
+                **entry,
+            }
+    report["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    after = machine()
+    report["machine"]["load_average_after"] = after["load_average"]
+    report["machine"]["cpu_pressure_after"] = after["cpu_pressure"]
+    path = results_path(report, options, stamp)
+    report["results_file"] = str(path)
+    markdown = _markdown_target(options)
+    if markdown is not None:
+        report["markdown_file"] = str(markdown)
+    options.results_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+    if markdown is not None:
+        from benchmarks.report import write_markdown
+
+        write_markdown(report, markdown)
+    return report
+
+
+def _prune(work_dir: Path, keep: int) -> None:
+    """Logs of the last ``keep`` runs stay in var/bench/; older ones go."""
+    runs = sorted(work_dir.glob("run-*"))
+    for old in runs[: max(0, len(runs) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _markdown_target(options: Options) -> Path | None:
+    if options.markdown is not None:
+        return options.markdown
+    if options.quick or options.only:
+        return None  # a partial run must not replace the published figures
+    return MARKDOWN
+
+
+def results_path(report: dict[str, Any], options: Options, stamp: datetime) -> Path:
+    """``<date>-<host>.json`` (``-quick`` for a quick run); a later run that day replaces it."""
+    suffix = "-quick" if options.quick else ""
+    return options.results_dir / f"{stamp:%Y-%m-%d}-{report['machine']['host']}{suffix}.json"
+
+
+@contextlib.contextmanager
+def _peers(wanted: tuple[str, ...], run_dir: Path, say: Progress) -> Iterator[Peers]:
+    peers = Peers()
+    for name, sdk in (("temporal", "temporalio"), ("dbos", "dbos")):
+        if name in wanted and importlib.util.find_spec(sdk) is None:
+            peers.status[name] = {
+                "status": "unavailable",
+                "reason": f"the {sdk} package is not installed: pip install -e '.[bench]'",
+            }
+    wanted = tuple(name for name in wanted if name not in peers.status)
+    with contextlib.ExitStack() as stack:
+        if "temporal" in wanted:
+            from benchmarks.peers import temporal_setup
+
+            say("temporal: building (cached) and starting the dev server")
+            try:
+                server = stack.enter_context(temporal_setup.dev_server(run_dir / "temporal"))
+            except temporal_setup.TemporalUnavailable as exc:
+                peers.status["temporal"] = {"status": "unavailable", "reason": str(exc)}
+            else:
+                peers.temporal_address, peers.temporal_pid = server.address, server.pid
+                peers.status["temporal"] = {
+                    "status": "ok",
+                    "version": server.version,
+                    "address": server.address,
+                    "store": "start-dev: in-memory SQLite",
+                }
+        if "dbos" in wanted:
+            say("dbos: creating its database (once)")
+            try:
+                from benchmarks.peers import dbos_setup
+
+                peers.dbos_url = asyncio.run(dbos_setup.ensure_database(Settings.from_env()))
+            except Exception as exc:
+                peers.status["dbos"] = {"status": "unavailable", "reason": repr(exc)}
+            else:
+                peers.status["dbos"] = {
+                    "status": "ok",
+                    "version": dbos_setup.version(),
+                    "database": peers.dbos_url.rsplit("/", 1)[-1],
+                }
+        yield peers
+
+
+def _e2e(
+    scenario: Scenario,
+    options: Options,
+    peers: Peers,
+    run_dir: Path,
+    profiles: dict[str, Any],
+    say: Progress,
+) -> dict[str, Any]:
+    assert scenario.level is not None
+    level = scenario.level
+    common = [
+        "--shape", scenario.shape,
+        "--concurrency", str(level.concurrency),
+        "--runs", str(level.runs),
+        "--max-seconds", str(level.max_seconds),
+        "--warmup", str(min(options.warmup, max(2, level.runs // 5))),
+        "--worker-concurrency", str(options.worker_concurrency),
+        "--json",
+    ]  # fmt: skip
+    drivers: dict[str, list[str]] = {"apex": ["benchmarks.apex_e2e", *common]}
+    if "temporal" in peers.available():
+        drivers["temporal"] = [
+            "benchmarks.peers.temporal_e2e", *common,
+            "--address", peers.temporal_address, "--server-pid", str(peers.temporal_pid),
+        ]  # fmt: skip
+    if "dbos" in peers.available():
+        drivers["dbos"] = ["benchmarks.peers.dbos_e2e", *common, "--database-url", peers.dbos_url]
+    profile_here = options.profile and _is_profiled(scenario, options)
+    systems: dict[str, Any] = {}
+    for system, argv in drivers.items():
+        repeats = []
+        for attempt in range(options.repeat):
+            say(f"{scenario.name}: {system} ({attempt + 1}/{options.repeat})")
+            extra: list[str] = []
+            if system == "apex":
+                extra += ["--log-dir", str(run_dir / scenario.name / f"apex-{attempt}")]
+                if profile_here and attempt == 0:
+                    extra += ["--profile-dir", str(run_dir / scenario.name / "profile")]
+            timeout = level.max_seconds + 600
+            repeats.append(_driver(argv + extra, timeout, run_dir / scenario.name, system))
+        systems[system] = _aggregate(repeats)
+    if profile_here:
+        for name in ("orchestrator", "worker"):
+            path = run_dir / scenario.name / "profile" / f"{name}.txt"
+            if path.exists():
+                profiles[f"{scenario.name}/{name}"] = summarise(path)
+    return {
+        "status": "ok" if systems.get("apex", {}).get("status") == "ok" else "failed",
+        "shape": scenario.shape,
+        "concurrency": level.concurrency,
+        "systems": systems,
+        "ratios": ratios(systems),
+    }
+
+
+def _is_profiled(scenario: Scenario, options: Options) -> bool:
+    """The throughput scenario: the chain at the highest concurrency."""
+    top = max(level.concurrency for level in options.levels())
+    return (
+        scenario.shape == "chain5"
+        and scenario.level is not None
+        and (scenario.level.concurrency == top)
+    )
+
+
+def _driver(args: list[str], timeout: float, log_dir: Path, system: str) -> dict[str, Any]:
+    """Run a driver module; its figures, or why there are none."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    stderr_path = log_dir / f"{system}-driver.log"
+    argv = [sys.executable, "-m", *args]
+    t0 = time.monotonic()
+    stall0 = cpu_stall_us()
+    try:
+        with stderr_path.open("ab") as stderr:
+            done = subprocess.run(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                timeout=timeout,
+                check=False,
+                cwd=REPO_ROOT,
+            )
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"driver timed out after {timeout:.0f} s"}
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0 or not out:
+        return {
+            "status": "failed",
+            "reason": f"driver exit {done.returncode}: {procs.tail(stderr_path, 12)}",
+        }
+    try:
+        figures = json.loads(out.splitlines()[-1])
+    except json.JSONDecodeError:
+        return {"status": "failed", "reason": f"driver printed no JSON: {out[-300:]}"}
+    figures["status"] = "ok" if figures.get("runs_completed") else "failed"
+    figures["driver_seconds"] = round(time.monotonic() - t0, 1)
+    stall1 = cpu_stall_us()
+    if stall0 is not None and stall1 is not None:
+        # Share of the time some runnable task (ours or a neighbour's) waited for a CPU.
+        wall_us = (time.monotonic() - t0) * 1e6
+        figures["cpu_pressure_pct"] = round(100 * (stall1 - stall0) / wall_us, 1)
+    processes = figures.get("processes") or {}
+    if figures.get("steps_completed") and processes:
+        # CPU the system spent per step, all its measured processes (not the client) together.
+        cpu = sum(p.get("cpu_s", 0.0) for p in processes.values())
+        figures["cpu_ms_per_step"] = round(1000 * cpu / figures["steps_completed"], 3)
+    return dict(figures)
+
+
+def _aggregate(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    """One repeat as is; several: medians of the headline figures, the repeats kept."""
+    ok = [r for r in repeats if r.get("status") == "ok"]
+    if len(repeats) == 1 or not ok:
+        return repeats[0] if len(repeats) == 1 else {**repeats[-1], "repeats": repeats}
+    merged = dict(ok[0])
+    for key in ("steps_per_s", "runs_per_s"):
+        merged[key] = round(statistics.median(r[key] for r in ok), 2)
+    for block in ("step_to_step", "run_latency"):
+        merged[block] = {
+            k: round(statistics.median(r[block][k] for r in ok if k in r[block]), 3)
+            for k in ok[0][block]
+        }
+    merged["repeats"] = repeats
+    return merged
+
+
+def ratios(systems: dict[str, Any]) -> dict[str, Any]:
+    """Apex against each peer; above 1 means Apex leads on that figure."""
+    apex = systems.get("apex", {})
+    out: dict[str, Any] = {}
+    if apex.get("status") != "ok":
+        return out
+    for peer, figures in systems.items():
+        if peer == "apex" or figures.get("status") != "ok":
+            continue
+        out[peer] = {
+            "throughput_x": _ratio(apex["steps_per_s"], figures["steps_per_s"]),
+            "step_p50_x": _ratio(
+                figures["step_to_step"].get("p50_ms"), apex["step_to_step"].get("p50_ms")
+            ),
+            "step_p99_x": _ratio(
+                figures["step_to_step"].get("p99_ms"), apex["step_to_step"].get("p99_ms")
+            ),
+            "run_p99_x": _ratio(
+                figures["run_latency"].get("p99_ms"), apex["run_latency"].get("p99_ms")
+            ),
+            "cpu_x": _ratio(figures.get("cpu_ms_per_step"), apex.get("cpu_ms_per_step")),
+        }
+    return out
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if not numerator or not denominator:
+        return None
+    return round(numerator / denominator, 2)
+
+
+def _projection_lag(scenario: Scenario, options: Options, run_dir: Path) -> dict[str, Any]:
+    assert scenario.level is not None
+    level = scenario.level
+    argv = [
+        *("benchmarks.apex_e2e", "--shape", scenario.shape, "--projector", "--json"),
+        *("--concurrency", str(level.concurrency), "--runs", str(level.runs)),
+        *("--max-seconds", str(level.max_seconds), "--warmup", str(options.warmup)),
+        *("--worker-concurrency", str(options.worker_concurrency)),
+        *("--log-dir", str(run_dir / scenario.name / "apex")),
+    ]
+    figures = _driver(argv, level.max_seconds + 600, run_dir / scenario.name, "apex")
+    lag = figures.get("projection_lag")
+    if figures.get("status") != "ok" or not lag or not lag.get("count"):
+        return {"status": "failed", "reason": figures.get("reason", "no lag samples")}
+    return {"status": "ok", "data": {"projection_lag": lag, "under_load": figures}}
+
+
+def _memory(options: Options, run_dir: Path) -> dict[str, Any]:
+    runs = min(options.memory_runs, 1000) if options.quick else options.memory_runs
+    result = _driver(
+        ["benchmarks.apex_memory", "--runs", str(runs), "--json"],
+        timeout=900,
+        log_dir=run_dir / "memory",
+        system="apex",
+    )
+    if "bytes_per_run" not in result:
+        return {"status": "failed", "reason": result.get("reason", "no figures")}
+    result["status"] = "ok"
+    return {"status": "ok", "data": result}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
