@@ -7,6 +7,7 @@ it to its end again when asked for a definition they do not know yet, so a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,6 +27,7 @@ class DefinitionCatalog:
         self._latest: dict[str, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
+        self._reading = asyncio.Lock()  # one reader of the consumer at a time
 
     async def start(self) -> None:
         self._consumer = make_consumer(self._settings)
@@ -46,6 +48,10 @@ class DefinitionCatalog:
 
     async def refresh(self) -> None:
         """Read the topic up to its current end."""
+        async with self._reading:
+            await self._read_to_end()
+
+    async def _read_to_end(self) -> None:
         from apex import codec
 
         consumer = self._consumer

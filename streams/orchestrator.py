@@ -168,11 +168,17 @@ class Orchestrator:
                 batch = await consumer.getmany(
                     timeout_ms=100, max_records=self.settings.orchestrator_batch
                 )
-                for tp, records in batch.items():
-                    async with self._lock:
-                        part = self._parts.get(tp)
-                        if part is not None and records:
-                            await self._process(part, records)
+                async with self._lock:
+                    # Each partition has its own transactional producer: their
+                    # transactions commit concurrently (a commit is several broker
+                    # round trips; one after another they bounded the throughput).
+                    work = [
+                        self._process(self._parts[tp], records)
+                        for tp, records in batch.items()
+                        if records and tp in self._parts
+                    ]
+                    if work:
+                        await asyncio.gather(*work)
         finally:
             await self._shutdown()
 
