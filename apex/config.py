@@ -185,6 +185,11 @@ class Settings:
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
         return cls(**env_values(cls, environ, overrides))
 
+    def to_env(self) -> dict[str, str]:
+        """The ``APEX_*`` variable of every setting: a process started with them has
+        exactly these settings, whatever its own environment says."""
+        return {f.metadata["env"]: str(getattr(self, f.name)) for f in fields(self)}
+
     @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.kafka_host}:{self.kafka_port}"

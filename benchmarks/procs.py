@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import fields
 from pathlib import Path
 
 from apex.config import REPO_ROOT, Settings
@@ -23,8 +22,12 @@ WORK_DIR = REPO_ROOT / "var" / "bench"
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The ``APEX_*`` variables that reproduce ``settings`` in a child process."""
-    return {f.metadata["env"]: str(getattr(settings, f.name)) for f in fields(settings)}
+    """The ``APEX_*`` variables that reproduce ``settings`` in a child process.
+
+    Every setting, defaults included: a benchmark's children must not pick up
+    whatever the parent's environment says.
+    """
+    return settings.to_env()
 
 
 def spawn(

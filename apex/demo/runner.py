@@ -118,7 +118,7 @@ def _start_processes(settings: Settings, workers: int) -> dict[str, subprocess.P
             [sys.executable, "-m", "apex", *args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "APEX_INSTANCE_ID": f"demo-{name}"},
+            env={**os.environ, **settings.to_env(), "APEX_INSTANCE_ID": f"demo-{name}"},
             cwd=Path.cwd(),
         )
     return processes

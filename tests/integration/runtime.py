@@ -161,7 +161,7 @@ def assert_gapless(history: Sequence[ev.Event]) -> None:
 
 def spawn(settings: Settings, *args: str, name: str, log_dir: Path) -> subprocess.Popen[bytes]:
     """``python -m apex ARGS`` with the test's settings in its environment."""
-    env = {**os.environ, **settings_env(settings), "APEX_INSTANCE_ID": name}
+    env = {**os.environ, **settings.to_env(), "APEX_INSTANCE_ID": name}
     log = (log_dir / f"{name}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "apex", *args],
@@ -170,16 +170,6 @@ def spawn(settings: Settings, *args: str, name: str, log_dir: Path) -> subproces
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    from dataclasses import fields
-
-    return {
-        f.metadata["env"]: str(getattr(settings, f.name))
-        for f in fields(settings)
-        if getattr(settings, f.name) != f.default
-    }
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:

@@ -35,7 +35,7 @@ from apex.projections.rebuild import rebuild
 from apex.projections.rows import from_ms
 from tests.conftest import TopicFactory
 from tests.integration.projection_workload import Workload, workload
-from tests.integration.runtime import of_type, read_events, settings_env
+from tests.integration.runtime import of_type, read_events
 
 __all__ = ["workload"]  # the session fixture, shared with test_projections
 
@@ -246,7 +246,7 @@ async def test_verify_catches_hand_edited_read_model_rows(workload: Workload) ->
 
 async def _cli(w: Workload, *args: str, schema: str | None = None) -> Any:
     """``apex ARGS`` with the workload's settings; in a thread, as it runs its own event loop."""
-    env = settings_env(w.with_schema(schema or w.schema))
+    env = w.with_schema(schema or w.schema).to_env()
     return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
 
 

@@ -29,7 +29,6 @@ from tests.integration.deployment import (
     hello,
     signalled,
 )
-from tests.integration.runtime import settings_env
 
 __all__ = ["deployment"]
 
@@ -38,7 +37,7 @@ class Apex:
     """``await apex("runs", "get", run_id)`` -> (exit code, stdout, stderr)."""
 
     def __init__(self, deployment: Deployment) -> None:
-        self.env = settings_env(deployment.settings)
+        self.env = deployment.settings.to_env()
 
     async def __call__(self, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
         def invoke() -> tuple[int, str, str]:

@@ -81,3 +81,12 @@ def test_readme_settings_table_is_generated_from_the_settings() -> None:
     assert block.strip() == settings_markdown().strip(), (
         "README.md's settings table is stale: run `.venv/bin/apex dev settings --readme`"
     )
+
+
+def test_to_env_reproduces_the_settings_in_a_child_process() -> None:
+    from pathlib import Path
+
+    from apex.config import Settings
+
+    settings = Settings.from_env({}, topic_prefix="t.x.", partitions=3, home=Path("/tmp/h"))
+    assert Settings.from_env(settings.to_env()) == settings
