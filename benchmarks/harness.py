@@ -40,7 +40,7 @@ from typing import Any
 
 from apex.config import REPO_ROOT, Settings
 from benchmarks import external, procs
-from benchmarks.machine import cpu_stall_us, machine, versions
+from benchmarks.machine import cpu_stall_us, git_revision, machine, versions
 from benchmarks.profiling import summarise
 from benchmarks.workload import SHAPES
 
@@ -166,6 +166,7 @@ def run(options: Options, progress: Progress | None = None) -> dict[str, Any]:
         "options": _jsonable(asdict(options)),
         "machine": machine(),
         "versions": asyncio.run(versions(settings)),
+        "git": git_revision(),
         "peers": {},
         "scenarios": {},
         "profiles": {},

@@ -33,6 +33,8 @@ class LoopResult:
     run_latencies: list[float] = field(default_factory=list)
     hops: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    client_cpu_s: float = 0.0
+    """CPU of the driver process itself (the client; for DBOS also the application)."""
 
 
 async def closed_loop(
@@ -64,8 +66,10 @@ async def closed_loop(
             result.completed += 1
 
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, runs)))))
     result.elapsed_s = time.perf_counter() - t0
+    result.client_cpu_s = time.process_time() - cpu0
     return result
 
 
@@ -86,6 +90,7 @@ def report(
         "steps_per_s": round(loop.completed * shape.steps / elapsed, 1),
         "step_to_step": latency_summary_ms(loop.hops),
         "run_latency": latency_summary_ms(loop.run_latencies),
+        "client_cpu_share_of_one_core": round(loop.client_cpu_s / elapsed, 3),
         "errors": loop.errors,
         **extra,
     }

@@ -59,6 +59,27 @@ def cpu_stall_us() -> int | None:
     return int(fields["total"]) if "total" in fields else None
 
 
+def git_revision() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it."""
+    import subprocess
+
+    from apex.config import REPO_ROOT
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30, check=False
+        )
+        return done.stdout.strip()
+
+    try:
+        return {
+            "commit": git("rev-parse", "--short", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)

@@ -182,7 +182,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{m['memory_gb']} GB RAM, {m['os']}; load average {m['load_average']} before, "
         f"{m.get('load_average_after', '?')} after; CPU pressure (PSI some, avg60) "
         f"{_psi(m.get('cpu_pressure'))} before, {_psi(m.get('cpu_pressure_after'))} after.",
-        f"- **Apex**: Python {v['python']}, Kafka {v.get('kafka')} (KRaft, one broker), "
+        f"- **Apex**: commit {_revision(report.get('git'))}; "
+        f"Python {v['python']}, Kafka {v.get('kafka')} (KRaft, one broker), "
         f"aiokafka {v.get('aiokafka')}, fastavro {v.get('fastavro')}, "
         f"PostgreSQL {v.get('postgresql')}, asyncpg {v.get('asyncpg')}.",
     ]
@@ -344,6 +345,12 @@ def _profile_tables(report: dict[str, Any]) -> list[str]:
         lines += [f"| `{func}` | {pct} |" for func, pct in summary["top_self_pct"][:12]]
         lines.append("")
     return lines
+
+
+def _revision(git: dict[str, Any] | None) -> str:
+    if not git or not git.get("commit"):
+        return "unknown"
+    return f"`{git['commit']}`" + (" with uncommitted changes" if git.get("dirty") else "")
 
 
 def _psi(pressure: dict[str, float] | None) -> str:
