@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from apex.config import Settings
 from apex.domain.definitions import WorkflowDefinition
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,7 @@ class DefinitionCatalog:
     async def start(self) -> None:
         self._consumer = make_consumer(self._settings)
         await self._consumer.start()
-        parts = self._consumer.partitions_for_topic(self._topic)
-        if parts is None:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(self._topic) or set()
-        self._partitions = [TopicPartition(self._topic, p) for p in sorted(parts)]
+        self._partitions = await topic_partitions(self._consumer, self._topic)
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         await self.refresh()

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from apex import codec
 from apex.catalog import DefinitionCatalog
+from apex.clock import now_ms
 from apex.config import Settings
 from apex.domain import commands as cmd
 from apex.domain.definitions import WorkflowDefinition
@@ -71,8 +71,6 @@ def run_id_for(definition_name: str, idempotency_key: str) -> str:
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{definition_name}\x00{idempotency_key}"))
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class TopicNotFound(LookupError):

@@ -34,7 +34,6 @@ from typing import Any
 
 import asyncpg
 import psutil
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from apex import codec
@@ -43,7 +42,7 @@ from apex.config import Settings
 from apex.devstack.topics import delete_topics
 from apex.domain.definitions import Ref, StepDefinition, WorkflowDefinition
 from apex.domain.messages import RunResult
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, topic_partitions
 from benchmarks import procs
 from benchmarks.apex_agents import CAPABILITY
 from benchmarks.loop import closed_loop, driver_arguments, emit, report
@@ -80,11 +79,7 @@ class ResultWatcher:
         topic = self._settings.topic("results")
         consumer = make_consumer(self._settings)
         await consumer.start()
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from apex.client import ApexClient
@@ -63,14 +62,11 @@ async def wait_processed(settings: Settings, proc: Any, log_dir: Path, timeout_s
     consumer = None
     t0 = time.monotonic()
     try:
-        from apex.kafka.clients import make_consumer
+        from apex.kafka.clients import make_consumer, topic_partitions
 
         consumer = make_consumer(settings)
         await consumer.start()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            await consumer._client.force_metadata_update()
-            tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        tps = await topic_partitions(consumer, topic)
         while True:
             procs.check_alive(proc, "orchestrator", log_dir)
             ends = await consumer.end_offsets(tps)

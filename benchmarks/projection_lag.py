@@ -16,10 +16,9 @@ import time
 from typing import Any
 
 import asyncpg
-from aiokafka import TopicPartition
 
 from apex.config import Settings
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, topic_partitions
 
 
 class LagProbe:
@@ -63,11 +62,7 @@ class LagProbe:
             "where topic = $1"
         )
         try:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            tps = await topic_partitions(consumer, topic)
             next_sample = 0.0
             while True:
                 now = time.monotonic()

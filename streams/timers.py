@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from apex import codec
+from apex.clock import now_ms
 from apex.config import Settings
 from apex.domain.commands import FireTimer
 from apex.domain.events import TimerScheduled
@@ -130,7 +130,7 @@ class TimerService:
 
     async def _fire_loop(self) -> None:
         while not self._stopping.is_set():
-            now = _now_ms()
+            now = now_ms()
             while self._heap and self._heap[0][0] <= now:
                 _due, run_id, timer_id, partition = heapq.heappop(self._heap)
                 if self._pending(partition, run_id, timer_id):
@@ -201,8 +201,6 @@ class TimerService:
         self._contexts = {k: v for k, v in self._contexts.items() if k in self._scheduled}
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -50,7 +50,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +60,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry.trace import Span
 
 from apex import codec
+from apex.clock import now_ms
 from apex.config import Settings
 from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.dlq import dead_letter
@@ -244,7 +244,7 @@ class TriggerService:
         if span is not None:
             trace = tracing.headers_of(span)
         source = f"{record.topic}/{record.partition}/{record.offset}".encode()
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         outs: list[_Out] = []
         for rule in self._by_topic.get(record.topic, ()):
             command_id = command_id_for(rule, record.topic, record.partition, record.offset)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,7 +32,7 @@ from apex.definition_files import load_definition
 from apex.demo.tickets import expected_outcome, tickets
 from apex.domain import events as ev
 from apex.domain.messages import RunResult, StepResult
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, topic_partitions
 
 DEFINITION_FILE = REPO_ROOT / "examples" / "ticket_triage.yaml"
 
@@ -152,12 +151,7 @@ class _Watcher:
         await consumer.start()
         tps = []
         for name in ("events", "results"):
-            topic = self._settings.topic(name)
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+            tps += await topic_partitions(consumer, self._settings.topic(name))
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:

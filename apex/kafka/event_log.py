@@ -28,7 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from apex.config import Settings
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, topic_partitions
 
 __all__ = ["EventLogReader", "MissingOffsets", "ReadStats"]
 
@@ -90,11 +90,7 @@ class EventLogReader:
 
     async def partitions(self, topic: str) -> list[int]:
         """The topic's partitions; ``[]`` when it does not exist."""
-        parts = self._consumer.partitions_for_topic(topic)
-        if not parts:
-            await self._consumer._client.force_metadata_update()
-            parts = self._consumer.partitions_for_topic(topic)
-        return sorted(parts or ())
+        return [tp.partition for tp in await topic_partitions(self._consumer, topic)]
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """Per partition, the offset after the last committed record (the LSO)."""

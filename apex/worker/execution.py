@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from aiokafka import AIOKafkaProducer
 
 from apex import codec
+from apex.clock import now_ms
 from apex.config import Settings
 from apex.domain.commands import (
     Command,
@@ -218,7 +219,7 @@ class TaskRun:
         return kind_type(
             command_id=f"{d.run_id}/{d.step_id}/{d.attempt}/{kind}",
             run_id=d.run_id,
-            issued_at_ms=time.time_ns() // 1_000_000,
+            issued_at_ms=now_ms(),
             correlation_id=d.correlation_id,
             step_id=d.step_id,
             attempt=d.attempt,

@@ -19,14 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from apex import codec
 from apex.client import ApexClient
 from apex.config import Settings
 from apex.domain import events as ev
 from apex.domain.messages import RunResult, StepResult
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, topic_partitions
 from apex.worker import Agent, Worker
 from streams.orchestrator import Orchestrator
 from streams.timers import TimerService
@@ -108,11 +106,7 @@ async def _read_all(settings: Settings, topic: str) -> list[Any]:
     consumer = make_consumer(settings)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
