@@ -7,13 +7,14 @@ broker's message.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaTimeoutError, for_code
+from aiokafka.errors import for_code
+
+from apex.kafka.topology import wait_for_leaders
 
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
@@ -43,20 +44,6 @@ async def create_topic(
             continue
         raise for_code(code)(f"create topic {entry['topic']!r}: {entry.get('error_message')}")
     await wait_for_leaders(admin, name, ready_timeout)
-
-
-async def wait_for_leaders(admin: AIOKafkaAdminClient, name: str, within: float) -> None:
-    """Wait until topic ``name`` is in the metadata and each partition has a leader."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        [topic] = await admin.describe_topics([name])
-        partitions = topic.get("partitions") or []
-        if topic["error_code"] == 0 and partitions and all(p["leader"] >= 0 for p in partitions):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise KafkaTimeoutError(f"topic {name!r} has no leader for every partition after "
-                                    f"{within:.0f} s: {topic}")  # fmt: skip
-        await asyncio.sleep(0.05)
 
 
 async def delete_topics(admin: AIOKafkaAdminClient, names: Iterable[str]) -> None:

@@ -7,15 +7,17 @@ partition *p* rebuilds its runs from events partition *p*.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 
 from apex.config import Settings
 
+_READY_WITHIN_S = 15.0
 _CAPABILITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
@@ -28,6 +30,21 @@ class TopicSpec:
 
 class TopologyError(RuntimeError):
     """The cluster's topics cannot serve Apex as configured."""
+
+
+async def wait_for_leaders(admin: AIOKafkaAdminClient, name: str, within: float) -> None:
+    """Wait until topic ``name`` is in the metadata and each partition has a leader."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        [topic] = await admin.describe_topics([name])
+        partitions = topic.get("partitions") or []
+        if topic["error_code"] == 0 and partitions and all(p["leader"] >= 0 for p in partitions):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise KafkaTimeoutError(
+                f"topic {name!r} has no leader for every partition after {within:.0f} s: {topic}"
+            )
+        await asyncio.sleep(0.05)
 
 
 def task_topic(settings: Settings, capability: str) -> str:
@@ -81,6 +98,10 @@ async def ensure_topics(settings: Settings, capabilities: Iterable[str] = ()) ->
                 if code not in (0, TopicAlreadyExistsError.errno):
                     message = topic_error[2] if len(topic_error) > 2 else ""
                     raise TopologyError(f"cannot create topic {name}: error {code} {message}")
+            # KRaft's controller answers before the brokers know the topics: a
+            # client that asked for them right away would find no partitions.
+            for spec in missing:
+                await wait_for_leaders(admin, spec.name, _READY_WITHIN_S)
         keyed = [settings.topic("commands"), settings.topic("events")]
         described = await admin.describe_topics(keyed)
         counts = {d["topic"]: len(d["partitions"]) for d in described}
