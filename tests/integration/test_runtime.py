@@ -293,3 +293,40 @@ async def test_signal_delivered_by_a_trigger_rule_wakes_the_waiting_step(
     (received,) = of_type(history, ev.SignalReceived)
     assert (received.step_id, received.correlation_key) == ("ship", "O-17")
     assert history[-1].outputs == {"ship": {"shipped": "O-17", "paid_with": "card"}}
+
+
+async def test_timers_are_rebuilt_from_the_log_after_a_restart(apex_settings: Settings) -> None:
+    from streams.timers import TimerService
+
+    @agent("flaky")
+    async def flaky(input: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+        if ctx.attempt == 1:
+            raise RetryableError("first try fails")
+        return {}
+
+    retry = RetryPolicy(max_attempts=2, initial_backoff_ms=2_000)
+    wf = chain("restart", StepDefinition(id="a", capability="flaky", retry=retry))
+    async with Runtime(apex_settings, [flaky], timers=False) as rt:
+        await rt.client.register(wf)
+        first = TimerService(apex_settings)
+        first_task = asyncio.create_task(first.run())
+        run_id = await rt.client.start_run("restart")
+        history = await rt.wait_for(
+            run_id, lambda h: any(e.purpose == "retry" for e in of_type(h, ev.TimerScheduled))
+        )
+        first.stop()  # before the 2 s backoff is due: only the log knows the timer now
+        await asyncio.wait_for(first_task, 30)
+        assert not of_type(await rt.history(run_id), ev.TimerFired)
+        second = TimerService(apex_settings)
+        second_task = asyncio.create_task(second.run())
+        try:
+            history = await rt.wait_finished(run_id)
+        finally:
+            second.stop()
+            await asyncio.wait_for(second_task, 30)
+    assert isinstance(history[-1], ev.RunCompleted), history[-1]
+    timer = next(e for e in of_type(history, ev.TimerScheduled) if e.purpose == "retry")
+    (fired,) = of_type(history, ev.TimerFired)
+    assert fired.timer_id == timer.timer_id
+    assert fired.occurred_at_ms >= timer.fire_at_ms
+    assert [e.attempt for e in of_type(history, ev.StepDispatched)] == [1, 2]
