@@ -85,6 +85,10 @@ BeforeCommit = Callable[[TopicPartition, Sequence[Any]], Awaitable[None]]
 
 _MAX_DB_RETRIES = 5
 
+RECHECK_S = 1.0
+"""How often every owned partition's checkpoint is looked at even without records: a
+rebuild swapped in behind a caught-up projector is found without waiting for traffic."""
+
 
 class SchemaNotMigrated(RuntimeError):
     """The read-model schema is missing or behind the code's migrations."""
@@ -152,6 +156,7 @@ class Projector:
         self._lock = asyncio.Lock()
         """Held by a transaction in flight; a revocation waits for it."""
         self._failures = 0
+        self._checked_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -204,7 +209,16 @@ class Projector:
     ) -> list[tuple[TopicPartition, list[Any], int]]:
         """Each owned partition with records, or whose position moved past its checkpoint
         without any (transaction markers at the log end: the checkpoint moves there
-        too, so a caught-up projection sits at the log end); with that position."""
+        too, so a caught-up projection sits at the log end); with that position.
+
+        Every :data:`RECHECK_S`, every owned partition: its checkpoint is locked
+        and compared even when no record came, so a checkpoint moved under this
+        process (a rebuild swapped in) is found on a quiet partition too.
+        """
+        now = time.monotonic()
+        recheck = now - self._checked_at >= RECHECK_S
+        if recheck:
+            self._checked_at = now
         work = []
         for tp in consumer.assignment():
             part = self._parts.get(tp.partition)
@@ -212,7 +226,11 @@ class Projector:
                 continue
             records = batch.get(tp, [])
             position = await consumer.position(tp)
-            if records or (part.checkpoint is not None and position > part.checkpoint):
+            if (
+                records
+                or recheck
+                or (part.checkpoint is not None and position > part.checkpoint)
+            ):
                 work.append((tp, records, position))
         return work
 

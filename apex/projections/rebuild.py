@@ -23,7 +23,8 @@ is renamed; dropping them at once makes every such statement resolve
 ``<schema>.<table>`` again — to the new tables. (``keep_old=True`` keeps the old
 schema for inspection; then restart live projectors after the swap.)
 
-A live projector notices on its next batch: the checkpoint it locks is the
+A live projector notices on its next batch, or within a second when no event
+comes (:data:`streams.projector.RECHECK_S`): the checkpoint it locks is the
 rebuild's end offset, not the one it left, so it seeks there and goes on.
 
 If anything fails before the swap, the new schema is dropped and the live one

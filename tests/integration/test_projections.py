@@ -26,7 +26,7 @@ from apex.audit.verify import verify
 from apex.config import Settings
 from apex.kafka.event_log import EventLogReader
 from apex.projections.migrate import migrate
-from apex.projections.rebuild import rebuild
+from apex.projections.rebuild import rebuild, swap_schemas
 from apex.projections.store import read_checkpoints
 from streams.projector import Projector
 from tests.integration.projection_workload import (
@@ -228,6 +228,37 @@ async def test_live_projector_follows_a_rebuild_swapped_in_under_it(
         await task
 
     assert report.swapped
+    result = await verify(settings, async_engine)
+    assert result.differences == []
+    assert result.runs == len((await snapshot(async_engine, pg_schema, ["runs"]))["runs"])
+
+
+async def test_a_quiet_projector_ahead_of_a_swapped_in_rebuild_goes_back_to_it(
+    apex_settings: Settings, pg_schema: str, async_engine: Any
+) -> None:
+    """The rebuild ends at offsets the live projector has passed, and no event comes
+    after the swap: the projector must still find the rebuild's checkpoints and
+    project the tail again, rather than wait for traffic that never comes."""
+    from dataclasses import replace
+
+    settings = replace(apex_settings, read_model_schema=pg_schema)
+    await migrate(async_engine, pg_schema)
+    projector = Projector(settings, async_engine)
+    task = asyncio.create_task(projector.run())
+    try:
+        await run_workload(settings, runs=2)
+        await wait_caught_up(settings, async_engine, pg_schema)
+        report = await rebuild(settings, async_engine, swap=False)
+        await run_workload(settings, runs=2)  # the tail the rebuild has not read
+        ends = await wait_caught_up(settings, async_engine, pg_schema)
+        assert any(ends[p] > report.end_offsets[p] for p in ends)
+        await swap_schemas(async_engine, pg_schema, report.built_as)
+        await wait_caught_up(settings, async_engine, pg_schema)
+    finally:
+        projector.stop()
+        await task
+
+    assert projector.stats.resyncs >= 1
     result = await verify(settings, async_engine)
     assert result.differences == []
     assert result.runs == len((await snapshot(async_engine, pg_schema, ["runs"]))["runs"])
