@@ -214,6 +214,7 @@ class _Lane:
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._reporter = reporter
         self._heartbeat_s = agent.heartbeat_s or settings.worker_heartbeat_s or None
+        self._started_after_s = settings.worker_started_after_ms / 1000
         self._non_retryable = (
             worker.non_retryable if agent.non_retryable is None else agent.non_retryable
         )
@@ -311,6 +312,7 @@ class _Lane:
             dispatch,
             self._reporter,
             heartbeat_s=self._heartbeat_for(dispatch.timeout_ms),
+            started_after_s=self._started_after_s,
             grace_s=self.worker.grace_s,
             non_retryable=self._non_retryable,
             headers=headers,

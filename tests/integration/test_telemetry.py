@@ -191,7 +191,9 @@ async def test_a_run_is_one_trace_across_the_orchestrator_and_a_worker_process(
         )
         assert execution["status"] == "UNSET"
         reports = {s["attributes"]["apex.command_type"]: s for s in children(mine, execution)}
-        assert set(reports) == {"ReportTaskStarted", "ReportTaskSucceeded"}
+        # A quick step reports its outcome alone (APEX_WORKER_STARTED_AFTER_MS).
+        assert "ReportTaskSucceeded" in reports
+        assert set(reports) <= {"ReportTaskStarted", "ReportTaskSucceeded"}
         decided_by = reports["ReportTaskSucceeded"]
 
     # Every event and the run's result carry the context of the decision that made them.

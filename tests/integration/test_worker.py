@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -171,7 +172,9 @@ async def test_success_is_reported_after_started_with_the_dispatch_ids(wsettings
     await ensure_topics(wsettings, ["summarize"])
     dispatches = [_dispatch("summarize", f"s{i}", {"text": f"ticket {i}"}) for i in range(3)]
     await _publish(wsettings, *dispatches)
-    worker = Worker(wsettings, [summarize], worker_id="w-success")
+    # Every start reported at once (by default, quick tasks report only their outcome).
+    at_once = dataclasses.replace(wsettings, worker_started_after_ms=0)
+    worker = Worker(at_once, [summarize], worker_id="w-success")
     async with Reports(wsettings) as reports, _running(worker):
         outcomes = await reports.outcomes(3)
 

@@ -62,6 +62,8 @@ def _run(
     grace_s: float = 0.05,
     input: Any = None,
     non_retryable: tuple[type[BaseException], ...] = (ValueError, TypeError),
+    started_after_s: float = 0.0,
+    dispatched_at_ms: int = 1_000,
 ) -> TaskRun:
     dispatch = TaskDispatch(
         run_id="run-7",
@@ -70,7 +72,7 @@ def _run(
         capability=fn.capability,
         input=input if input is not None else {"text": "hello"},
         timeout_ms=timeout_ms,
-        dispatched_at_ms=1_000,
+        dispatched_at_ms=dispatched_at_ms,
         definition="triage@3",
         correlation_id="ticket-42",
     )
@@ -80,6 +82,7 @@ def _run(
         cast(Reporter, reporter),
         heartbeat_s=heartbeat_s,
         grace_s=grace_s,
+        started_after_s=started_after_s,
         non_retryable=non_retryable,
         headers=[("traceparent", b"00-abc-def-01"), ("other", b"x")],
     )
@@ -106,6 +109,51 @@ async def test_success_reports_started_then_succeeded_with_deterministic_ids() -
     }
     assert succeeded.issued_at_ms > 0
     assert reporter.headers[0] == [("traceparent", b"00-abc-def-01")]
+
+
+async def test_a_quick_task_reports_only_its_outcome() -> None:
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        return "done"
+
+    reporter = FakeReporter()
+    await asyncio.wait_for(_run(classify, reporter, started_after_s=0.5).run(), WAIT_S)
+
+    assert [type(c) for c in reporter.sent] == [ReportTaskSucceeded]
+
+
+async def test_a_task_still_running_after_the_delay_reports_started_first() -> None:
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        await asyncio.sleep(0.2)
+        return "done"
+
+    reporter = FakeReporter()
+    await asyncio.wait_for(_run(classify, reporter, started_after_s=0.02).run(), WAIT_S)
+
+    assert [type(c) for c in reporter.sent] == [ReportTaskStarted, ReportTaskSucceeded]
+
+
+async def test_the_start_report_comes_sooner_when_the_deadline_is_near() -> None:
+    """Half the time left before the orchestrator's deadline (from the dispatch) caps
+    the delay, so a long delay setting cannot let a short step time out unseen."""
+    import time
+
+    sent_while_running: list[Command] = []
+
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        await asyncio.sleep(0.3)
+        sent_while_running.extend(reporter.sent)
+        return "done"
+
+    reporter = FakeReporter()
+    now_ms = int(time.time() * 1000)
+    run = _run(classify, reporter, timeout_ms=400, started_after_s=60.0, dispatched_at_ms=now_ms)
+    await asyncio.wait_for(run.run(), WAIT_S)
+
+    assert [type(c) for c in sent_while_running] == [ReportTaskStarted]  # not after 60 s
+    assert [type(c) for c in reporter.sent] == [ReportTaskStarted, ReportTaskSucceeded]
 
 
 async def test_fatal_error_is_reported_as_not_retryable_with_type_and_message() -> None:
