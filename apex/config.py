@@ -72,6 +72,12 @@ class Settings:
     fetch_max_wait_ms: int = _setting(
         "APEX_FETCH_MAX_WAIT_MS", 20, "Consumer fetch wait; it bounds the idle latency of a hop."
     )
+    kafka_txn_retry_ms: int = _setting(
+        "APEX_KAFKA_TXN_RETRY_MS",
+        2,
+        "Retry after CONCURRENT_TRANSACTIONS (the last transaction's markers still being "
+        "written); aiokafka's own is 20 ms.",
+    )
     session_timeout_ms: int = _setting(
         "APEX_SESSION_TIMEOUT_MS", 10_000, "Consumer group session timeout (failover time)."
     )
@@ -105,6 +111,12 @@ class Settings:
         "APEX_WORKER_HEARTBEAT_S",
         0.0,
         "Seconds between a running task's heartbeats; 0: a third of its timeout (none without).",
+    )
+    worker_started_after_ms: int = _setting(
+        "APEX_WORKER_STARTED_AFTER_MS",
+        100,
+        "A task still running after this many ms is reported started; quicker ones report "
+        "only their outcome (0: report every start at once).",
     )
     worker_commit_interval_s: float = _setting(
         "APEX_WORKER_COMMIT_INTERVAL_S",

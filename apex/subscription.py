@@ -38,12 +38,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from apex import codec
 from apex.config import Settings
 from apex.domain.messages import RunResult, StepResult
-from apex.kafka.clients import make_consumer
+from apex.kafka.clients import make_consumer, partition_for
 
 __all__ = ["Result", "ResultKind", "Subscription", "partition_of"]
 
@@ -55,8 +54,7 @@ ResultKind = Literal["run", "step", "any"]
 
 def partition_of(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as Java's) puts ``key`` in."""
-    hashed: int = murmur2(key.encode())
-    return (hashed & 0x7FFFFFFF) % partitions
+    return partition_for(key.encode(), partitions)
 
 
 class Subscription:

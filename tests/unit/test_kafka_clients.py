@@ -1,0 +1,35 @@
+"""The producers' partitioner: Kafka's default placement, with the hash remembered."""
+
+from __future__ import annotations
+
+import uuid
+
+import aiokafka.producer.sender as sender
+from aiokafka.partitioner import DefaultPartitioner
+
+from apex.config import Settings
+from apex.kafka.clients import _partitioner, make_producer
+
+
+def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
+    keys = [f"acme:{uuid.uuid4()}".encode() for _ in range(500)] + [b"", b"r1", "é".encode()]
+    for count in (1, 3, 6, 7):
+        partitions = list(range(count))
+        for key in keys:
+            expected = DefaultPartitioner()(key, partitions, partitions)
+            assert _partitioner(key, partitions, partitions) == expected
+            assert _partitioner(key, partitions, partitions) == expected  # from memory
+
+
+def test_a_keyless_record_goes_to_an_available_partition() -> None:
+    assert {_partitioner(None, [0, 1, 2], [2]) for _ in range(20)} == {2}
+    assert _partitioner(None, [0, 1, 2], []) in {0, 1, 2}
+
+
+async def test_a_transactional_producer_retries_concurrent_transactions_at_the_setting() -> None:
+    before = sender.BACKOFF_OVERRIDE
+    try:
+        make_producer(Settings.from_env({"APEX_KAFKA_TXN_RETRY_MS": "3"}), transactional_id="t")
+        assert sender.BACKOFF_OVERRIDE == 0.003
+    finally:
+        sender.BACKOFF_OVERRIDE = before
