@@ -13,6 +13,7 @@ import shutil
 import sys
 import typing
 from collections.abc import Callable
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,114 @@ def test_every_message_type_round_trips(message_type: type, data: st.DataObject)
     assert decoded == message
     assert type(decoded) is message_type
     assert ENCODE[message_type](decoded) == encoded, "encoding is canonical"
+    assert DECODE[message_type](memoryview(encoded)) == message, "any bytes-like object"
+    # The codec's compiled writer and reader (not a fallback) give what fastavro gives.
+    assert _compiled_write(message) == encoded == _fastavro_encode(message)
+    assert _compiled_read(message_type, encoded) == _fastavro_decode(message_type, encoded)
+
+
+class _Level(IntEnum):
+    HIGH = 3
+
+
+class _OddStr(str):
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"odd"
+
+
+ODD_VALUES = st.sampled_from(
+    [
+        None,
+        True,
+        False,
+        0,
+        -1,
+        1.0,
+        1.5,
+        -2.5,
+        1e30,
+        2**63,
+        -(2**63) - 1,
+        2**63 - 1,
+        -(2**63),
+        "",
+        "after",
+        "\ud800",
+        b"bytes",
+        _Level.HIGH,
+        _OddStr("x"),
+        GateWhen.AFTER,
+        [],
+        {"a": math.nan},
+        object(),
+    ]
+)
+
+
+@pytest.mark.parametrize("message_type", MESSAGE_TYPES, ids=lambda t: t.__name__)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_compiled_writer_never_disagrees_with_fastavro_on_odd_values(
+    message_type: type, data: st.DataObject
+) -> None:
+    """The compiled writer may refuse a value (fastavro then decides), never write other bytes."""
+    message = data.draw(messages(message_type))
+    name = data.draw(st.sampled_from([f.name for f in dataclasses.fields(message_type)]))
+    odd = dataclasses.replace(message, **{name: data.draw(ODD_VALUES)})
+    write = codec._REGISTRY.encoders[message_type].write
+    assert write is not None
+    try:
+        written: bytes | None = write(odd)
+    except Exception:
+        written = None
+    if written is not None:
+        assert written == _fastavro_encode(odd)
+    try:
+        expected: Any = _fastavro_encode(odd)
+    except Exception:
+        expected = CodecError
+    if expected is CodecError:
+        with pytest.raises(CodecError):
+            ENCODE[message_type](odd)
+    else:
+        assert ENCODE[message_type](odd) == expected
+
+
+@pytest.mark.parametrize("message_type", MESSAGE_TYPES, ids=lambda t: t.__name__)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_compiled_reader_never_disagrees_with_fastavro_on_damaged_bytes(
+    message_type: type, data: st.DataObject
+) -> None:
+    """The compiled reader may refuse bytes (fastavro then decides), never read another value."""
+    encoded = bytearray(ENCODE[message_type](data.draw(messages(message_type))))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(codec.HEADER_SIZE, len(encoded)))
+        damage = data.draw(st.sampled_from(["flip", "insert", "delete"]))
+        if damage == "flip" and at < len(encoded):
+            encoded[at] = data.draw(st.integers(0, 255))
+        elif damage == "insert":
+            encoded[at:at] = data.draw(st.binary(min_size=1, max_size=10))
+        elif at < len(encoded):
+            del encoded[at]
+    damaged = bytes(encoded)
+    try:
+        expected: Any = _fastavro_decode(message_type, damaged)
+    except Exception:
+        expected = CodecError
+    compiled_read = _current_decoder(message_type).read
+    assert compiled_read is not None
+    try:
+        read = compiled_read(damaged)
+    except Exception:
+        read = CodecError
+    if read is not CodecError:
+        assert read == expected
+    if expected is CodecError:
+        with pytest.raises(CodecError):
+            DECODE[message_type](damaged)
+    else:
+        assert DECODE[message_type](damaged) == expected
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -625,6 +734,45 @@ def _raw_body(data: bytes, message_type: type) -> dict[str, Any]:
     record = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema, None)
     assert isinstance(record, dict)
     return record
+
+
+def _compiled_write(message: Any) -> bytes:
+    """The codec's compiled writer alone, without the fastavro fallback."""
+    write = codec._REGISTRY.encoders[type(message)].write
+    assert write is not None, f"{type(message).__name__} has no compiled writer"
+    return write(message)
+
+
+def _compiled_read(message_type: type, data: bytes) -> Any:
+    """The codec's compiled reader alone, without the fastavro fallback."""
+    read = _current_decoder(message_type).read
+    assert read is not None, f"{message_type.__name__} has no compiled reader"
+    return read(data)
+
+
+def _fastavro_encode(message: Any) -> bytes:
+    """What fastavro writes for a message: the reference for the compiled writer."""
+    encoder = codec._REGISTRY.encoders[type(message)]
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, encoder.schema, encoder.to_record(message))
+    return encoder.header + body.getvalue()
+
+
+def _fastavro_decode(message_type: type, data: bytes) -> Any:
+    """What fastavro reads from a whole message: the reference for the compiled reader."""
+    decoder = _current_decoder(message_type)
+    assert data[: codec.HEADER_SIZE] == b"\xc3\x01" + decoder.fingerprint.to_bytes(8, "little")
+    body = io.BytesIO(data)
+    body.seek(codec.HEADER_SIZE)
+    record = fastavro.schemaless_reader(body, decoder.writer, decoder.reader)
+    assert body.tell() == len(data), "trailing bytes"
+    assert isinstance(record, dict)
+    return decoder.from_record(record)
+
+
+def _current_decoder(message_type: type) -> Any:
+    encoder = codec._REGISTRY.encoders[message_type]
+    return codec._REGISTRY.decoders[encoder.kind][encoder.header[2:]]
 
 
 def _write_raw(message_type: type, record: dict[str, Any]) -> bytes:
