@@ -2,8 +2,9 @@
 
 Pure: no I/O, no clock (time is ``command.issued_at_ms``), no randomness (the
 retry jitter is drawn from the seed on ``StartRun``). Every event the decider
-emits is folded through :func:`~apex.domain.state.evolve` before the next one
-is chosen, so the decision and the fold can never disagree.
+emits is folded by :func:`~apex.domain.state.evolve`'s rules (into one
+:class:`~apex.domain.state.RunDraft` per command) before the next one is
+chosen, so the decision and the fold can never disagree.
 
 What a command that cannot apply yields:
 
@@ -26,18 +27,50 @@ What a command that cannot apply yields:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from apex.domain import commands as cmd
 from apex.domain import events as ev
 from apex.domain.definitions import JSON, FailurePolicy, GateWhen, Ref, StepDefinition
 from apex.domain.errors import DefinitionError
+from apex.domain.frozen import constructor
 from apex.domain.graph import sinks
 from apex.domain.rules import backoff_ms, contract_violations, holds, resolve, resolve_inputs
-from apex.domain.state import RunState, RunStatus, StepState, StepStatus, evolve
+from apex.domain.state import (
+    RunDraft,
+    RunState,
+    RunStatus,
+    StepState,
+    StepStatus,
+    evolve,
+    step_graph,
+)
+
+_FINISHED_STEP = frozenset(status for status in StepStatus if status.finished)
+_ACTIVE_STEP = frozenset(status for status in StepStatus if status.active)
+_RUN_RUNNING = RunStatus.RUNNING
 
 E = TypeVar("E", bound=ev.Event)
+
+# ``StepStatus.X`` costs ~300 ns (``EnumType.__getattr__`` takes enum class
+# lookups off CPython's fast path): the decider reads the members from module names.
+_PENDING = StepStatus.PENDING
+_SCHEDULED = StepStatus.SCHEDULED
+_AWAITING_SIGNAL = StepStatus.AWAITING_SIGNAL
+_AWAITING_APPROVAL = StepStatus.AWAITING_APPROVAL
+_DISPATCHED = StepStatus.DISPATCHED
+_RETRY_WAIT = StepStatus.RETRY_WAIT
+_SUCCEEDED = StepStatus.SUCCEEDED
+_SKIPPED = StepStatus.SKIPPED
+_FAILED = StepStatus.FAILED
+_CANCELLED = StepStatus.CANCELLED
+
+_NEW_EVENT: dict[type[ev.Event], Callable[..., Any]] = {
+    t: constructor(t) for t in ev.EVENT_TYPES
+}
+"""Each event type's fast constructor (see :mod:`apex.domain.frozen`): the common
+fields by position, then the type's own by name."""
 
 
 def decide(state: RunState | None, command: cmd.Command) -> list[ev.Event]:
@@ -58,67 +91,99 @@ def decide_and_evolve(
     if state is None:
         return [_rejection_without_run(command, f"unknown run {command.run_id!r}")], None
     decision = _Decision(state, command)
-    if state.status.finished:
+    if state.status is not _RUN_RUNNING:  # finished
         _on_finished_run(decision, command)
     else:
         _HANDLERS[type(command)](decision, command)
-    return decision.events, decision.state
+    return decision.events, decision.state()
 
 
 class _Decision:
-    """Events chosen so far, and the state they lead to.
+    """Events chosen so far, and the run they lead to.
 
-    ``run`` is that state once the run exists (read it only then); ``state`` is
-    the same, or ``None`` before ``RunStarted``.
+    ``run`` is the run as the events so far leave it, once it exists (read it
+    only then): a draft every emitted event is folded into, so that one command
+    builds one ``RunState`` (:meth:`state`), not one per event.
     """
 
-    __slots__ = ("command", "events", "run", "state")
+    __slots__ = ("command", "events", "given", "run")
 
     def __init__(self, state: RunState | None, command: cmd.Command) -> None:
-        self.state = state
+        self.given = state
         if state is not None:
-            self.run: RunState = state
+            self.run: RunDraft = RunDraft(state)
         self.command = command
         self.events: list[ev.Event] = []
+
+    def state(self) -> RunState | None:
+        """The state the events lead to: the one given when there are none."""
+        return self.run.freeze() if self.events else self.given
 
     @property
     def now(self) -> int:
         return self.command.issued_at_ms
 
     def emit(self, event_type: type[E], **fields: Any) -> E:
-        state = self.state
         command = self.command
-        event = event_type(
-            run_id=command.run_id,
-            seq=1 if state is None else state.seq + 1,
-            causation_id=command.command_id,
-            correlation_id=(
-                state.correlation_id
-                if state is not None
-                else command.correlation_id or command.run_id
-            ),
-            occurred_at_ms=command.issued_at_ms,
-            **fields,
+        if self.given is None and not self.events:  # RunStarted: the run begins
+            started = False
+            seq, correlation_id = 1, command.correlation_id or command.run_id
+        else:
+            started = True
+            seq, correlation_id = self.run.seq + 1, self.run.correlation_id
+        event: E = _NEW_EVENT[event_type](
+            command.run_id, seq, command.command_id, correlation_id, command.issued_at_ms, **fields
         )
         self.events.append(event)
-        after = evolve(state, event)
-        assert after is not None, "only a refusal without a run leaves no state"
-        self.state = self.run = after
+        if started:
+            self.run.apply(event)
+        else:
+            run = evolve(None, event)
+            assert run is not None, "only a refusal without a run leaves no state"
+            self.run = RunDraft(run)
         return event
 
     def reject(self, reason: str) -> None:
         self.emit(ev.CommandRejected, command_type=type(self.command).__name__, reason=reason)
 
-    def step_def(self, step_id: str) -> StepDefinition:
-        return self.run.step_defs[step_id]
+    def outputs(self) -> Mapping[str, JSON]:
+        return _Outputs(self.run.steps)
 
-    def outputs(self) -> dict[str, JSON]:
-        return {
-            sid: st.output
-            for sid, st in self.run.steps.items()
-            if st.status in (StepStatus.SUCCEEDED, StepStatus.AWAITING_APPROVAL)
-            and st.output is not None
-        }
+
+class _Outputs(Mapping[str, JSON]):
+    """The step outputs a reference can read: of steps that succeeded (or wait for
+    approval after succeeding), read from the step states as they are looked up.
+
+    References read one or two outputs; copying every step's into a dict for each
+    dispatch cost more than resolving them.
+    """
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: Mapping[str, StepState]) -> None:
+        self._steps = steps
+
+    def get(self, step_id: str, default: Any = None, /) -> Any:
+        st = self._steps.get(step_id)
+        if st is None or st.output is None or st.status not in _HAS_OUTPUT:
+            return default
+        return st.output
+
+    def __getitem__(self, step_id: str) -> JSON:
+        value = self.get(step_id, _NO_OUTPUT)
+        if value is _NO_OUTPUT:
+            raise KeyError(step_id)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (sid for sid in self._steps if self.get(sid, _NO_OUTPUT) is not _NO_OUTPUT)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_HAS_OUTPUT = frozenset({StepStatus.SUCCEEDED, StepStatus.AWAITING_APPROVAL})
+_NO_OUTPUT: Any = object()
 
 
 def _rejection_without_run(command: cmd.Command, reason: str) -> ev.CommandRejected:
@@ -149,7 +214,7 @@ def _start(
             f"run {c.run_id!r} already exists (started by command {state.start_command_id!r}"
             f" with another idempotency key)"
         )
-        return decision.events, decision.state
+        return decision.events, decision.state()
     definition = c.definition
     if definition is None:
         version = "latest" if c.definition_version is None else c.definition_version
@@ -185,7 +250,7 @@ def _start(
     if definition.timeout_ms is not None:
         _timer(d, "run:timeout", d.now + definition.timeout_ms, "run_timeout", None, None)
     _advance(d)
-    return d.events, d.state
+    return d.events, d.state()
 
 
 def _on_finished_run(d: _Decision, c: cmd.Command) -> None:
@@ -207,20 +272,20 @@ def _on_finished_run(d: _Decision, c: cmd.Command) -> None:
 def _advance(d: _Decision) -> None:
     """Schedule every step whose dependencies are done; finish the run when all are."""
     run = d.run
-    if run.status.finished:
+    if run.status is not _RUN_RUNNING:  # finished
         return
     steps = run.steps  # refreshed after each emit: only an emit changes the state
-    for sid in run.order:
-        if steps[sid].status is not StepStatus.PENDING:
+    for sid, deps in step_graph(run.definition).dependencies:
+        if steps[sid].status is not _PENDING:
             continue
         blocked = None
         ready = True
-        for dep in run.step_defs[sid].depends_on:
+        for dep in deps:
             dep_status = steps[dep].status
-            if dep_status is StepStatus.FAILED or dep_status is StepStatus.CANCELLED:
+            if dep_status is _FAILED or dep_status is _CANCELLED:
                 blocked = f"upstream step {dep!r} {dep_status.value}"
                 break
-            if dep_status is not StepStatus.SUCCEEDED and dep_status is not StepStatus.SKIPPED:
+            if dep_status is not _SUCCEEDED and dep_status is not _SKIPPED:
                 ready = False
         if blocked is not None:
             d.emit(ev.StepCancelled, step_id=sid, reason=blocked, was_running=False)
@@ -230,14 +295,14 @@ def _advance(d: _Decision) -> None:
             continue
         steps = d.run.steps
     for st in steps.values():
-        if not st.status.finished:
+        if st.status not in _FINISHED_STEP:
             return
     _finish(d)
 
 
 def _finish(d: _Decision) -> None:
     run = d.run
-    failed = [sid for sid in run.order if run.steps[sid].status is StepStatus.FAILED]
+    failed = [sid for sid in run.order if run.steps[sid].status is _FAILED]
     if failed:
         first = run.steps[failed[0]]
         d.emit(
@@ -270,7 +335,7 @@ def _cancel_unfinished(d: _Decision, reason: str) -> None:
 
 def _schedule(d: _Decision, sid: str) -> None:
     d.emit(ev.StepScheduled, step_id=sid)
-    step = d.step_def(sid)
+    step = d.run.step_defs[sid]
     if step.condition is not None and not holds(step.condition, d.run.input, d.outputs()):
         cond = step.condition
         shown = "" if cond.value is None else f" {cond.value!r}"
@@ -309,7 +374,7 @@ def _schedule(d: _Decision, sid: str) -> None:
 
 
 def _gate_or_dispatch(d: _Decision, sid: str) -> None:
-    gate = d.step_def(sid).approval
+    gate = d.run.step_defs[sid].approval
     if (
         gate is not None
         and gate.when is GateWhen.BEFORE
@@ -321,7 +386,7 @@ def _gate_or_dispatch(d: _Decision, sid: str) -> None:
 
 
 def _request_approval(d: _Decision, sid: str, when: GateWhen) -> None:
-    gate = d.step_def(sid).approval
+    gate = d.run.step_defs[sid].approval
     assert gate is not None
     deadline = None if gate.deadline_ms is None else d.now + gate.deadline_ms
     d.emit(ev.ApprovalRequested, step_id=sid, when=when, deadline_at_ms=deadline)
@@ -330,7 +395,7 @@ def _request_approval(d: _Decision, sid: str, when: GateWhen) -> None:
 
 
 def _dispatch(d: _Decision, sid: str, attempt: int) -> None:
-    step = d.step_def(sid)
+    step = d.run.step_defs[sid]
     st = d.run.steps[sid]
     if attempt > 1 and st.input is not None:
         task_input = st.input
@@ -352,7 +417,7 @@ def _dispatch(d: _Decision, sid: str, attempt: int) -> None:
 
 def _schedule_timeout(d: _Decision, sid: str) -> None:
     st = d.run.steps[sid]
-    timeout = d.step_def(sid).timeout_ms
+    timeout = d.run.step_defs[sid].timeout_ms
     assert timeout is not None and st.last_activity_ms is not None
     deadline = st.last_activity_ms + timeout
     _timer(d, f"{sid}#{st.attempt}:timeout@{deadline}", deadline, "step_timeout", sid, st.attempt)
@@ -390,7 +455,7 @@ def _correlates(expected: str | None, key: str | None) -> bool:
 
 
 def _attempt_failed(d: _Decision, sid: str, attempt: int, error: str, retryable: bool) -> None:
-    policy = d.step_def(sid).retry
+    policy = d.run.step_defs[sid].retry
     if retryable and attempt < policy.max_attempts:
         delay = backoff_ms(policy, attempt, d.run.jitter_seed, sid)
         d.emit(
@@ -438,14 +503,14 @@ def _signal(d: _Decision, c: cmd.SendSignal) -> None:
         s
         for s in candidates
         if run.steps[s.id].status
-        in (StepStatus.PENDING, StepStatus.SCHEDULED, StepStatus.AWAITING_SIGNAL)
+        in (_PENDING, _SCHEDULED, _AWAITING_SIGNAL)
     ]
     if not open_steps:
         d.reject(f"every step waiting for signal {c.name!r} is past its wait")
         return
     for step in open_steps:
         expected = _expected_correlation(d, step)
-        waiting = run.steps[step.id].status is StepStatus.AWAITING_SIGNAL
+        waiting = run.steps[step.id].status is _AWAITING_SIGNAL
         if waiting and _correlates(expected, c.correlation_key):
             d.emit(
                 ev.SignalReceived,
@@ -478,7 +543,7 @@ def _approve(d: _Decision, c: cmd.ApproveStep) -> None:
     st = _waiting_step(d, c.step_id)
     if st is None:
         return
-    if st.status is not StepStatus.AWAITING_APPROVAL:
+    if st.status is not _AWAITING_APPROVAL:
         if not st.approval_granted:
             d.reject(f"step {c.step_id!r} is not waiting for approval (it is {st.status.value})")
         return
@@ -493,8 +558,8 @@ def _reject_step(d: _Decision, c: cmd.RejectStep) -> None:
     st = _waiting_step(d, c.step_id)
     if st is None:
         return
-    if st.status is not StepStatus.AWAITING_APPROVAL:
-        already = st.status is StepStatus.FAILED and (st.error or "").startswith("approval ")
+    if st.status is not _AWAITING_APPROVAL:
+        already = st.status is _FAILED and (st.error or "").startswith("approval ")
         if not already:
             d.reject(f"step {c.step_id!r} is not waiting for approval (it is {st.status.value})")
         return
@@ -517,21 +582,21 @@ def _reported_attempt(
         return None
     # While a step waits to retry, ``attempt`` already names the next attempt,
     # which has not been dispatched yet.
-    dispatched = st.attempt - 1 if st.status is StepStatus.RETRY_WAIT else st.attempt
+    dispatched = st.attempt - 1 if st.status is _RETRY_WAIT else st.attempt
     if c.attempt > dispatched:
         d.reject(
             f"step {c.step_id!r} attempt {c.attempt} was never dispatched"
             f" (current attempt is {dispatched})"
         )
         return None
-    if c.attempt < st.attempt or not st.status.active:
+    if c.attempt < st.attempt or st.status not in _ACTIVE_STEP:
         return None  # stale or repeated report
     return st
 
 
 def _task_started(d: _Decision, c: cmd.ReportTaskStarted) -> None:
     st = _reported_attempt(d, c)
-    if st is not None and st.status is StepStatus.DISPATCHED:
+    if st is not None and st.status is _DISPATCHED:
         d.emit(ev.StepStarted, step_id=c.step_id, attempt=c.attempt, worker_id=c.worker_id)
 
 
@@ -548,7 +613,7 @@ def _task_heartbeat(d: _Decision, c: cmd.ReportTaskHeartbeat) -> None:
 def _task_succeeded(d: _Decision, c: cmd.ReportTaskSucceeded) -> None:
     if _reported_attempt(d, c) is None:
         return
-    step = d.step_def(c.step_id)
+    step = d.run.step_defs[c.step_id]
     if step.output is not None:
         problems = contract_violations(step.output, c.output)
         if problems:
@@ -588,11 +653,11 @@ def _fire_timer(d: _Decision, c: cmd.FireTimer) -> None:
     assert sid is not None, f"timer {c.timer_id} has no step"
     st = d.run.steps[sid]
     if timer.purpose == "retry":
-        if st.status is StepStatus.RETRY_WAIT and st.attempt == timer.attempt:
+        if st.status is _RETRY_WAIT and st.attempt == timer.attempt:
             _dispatch(d, sid, st.attempt)
     elif timer.purpose == "step_timeout":
         if st.status.active and st.attempt == timer.attempt:
-            timeout = d.step_def(sid).timeout_ms or 0
+            timeout = d.run.step_defs[sid].timeout_ms or 0
             assert st.last_activity_ms is not None
             # A timer fired early (the timer service's clock is behind) is due at its
             # own deadline: rescheduling it at that same deadline would bring back the
@@ -605,11 +670,11 @@ def _fire_timer(d: _Decision, c: cmd.FireTimer) -> None:
                 error = f"attempt {st.attempt} timed out: no sign of life for {timeout} ms"
                 _attempt_failed(d, sid, st.attempt, error, retryable=True)
     elif timer.purpose == "approval_deadline":
-        if st.status is StepStatus.AWAITING_APPROVAL:
+        if st.status is _AWAITING_APPROVAL:
             d.emit(ev.ApprovalRejected, step_id=sid, approver="apex", reason="deadline passed")
             _step_failed(d, sid, st.attempt, "approval deadline passed", False)
-    elif timer.purpose == "signal_deadline" and st.status is StepStatus.AWAITING_SIGNAL:
-        wait = d.step_def(sid).wait_for_signal
+    elif timer.purpose == "signal_deadline" and st.status is _AWAITING_SIGNAL:
+        wait = d.run.step_defs[sid].wait_for_signal
         name = wait.name if wait is not None else "?"
         _step_failed(d, sid, st.attempt, f"signal {name!r} not received by its deadline", False)
     _advance(d)

@@ -116,7 +116,8 @@ def _unit(seed: int, step_id: str, attempt: int) -> float:
 def _lookup(ref: Ref, run_input: JSON, outputs: Mapping[str, JSON]) -> JSON:
     value = run_input if ref.source == "input" else outputs.get(ref.step_id or "", _MISSING)
     for key in ref.path:
-        if isinstance(value, Mapping) and key in value:
+        # ``type is dict`` first: the ``Mapping`` check is an ABC's, ten times slower.
+        if (type(value) is dict or isinstance(value, Mapping)) and key in value:
             value = value[key]
         elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
             value = value[int(key)]
@@ -136,19 +137,31 @@ def _materialise(value: JSON | Ref, run_input: JSON, outputs: Mapping[str, JSON]
 
 
 def _is_type(value: JSON, field_type: FieldType) -> bool:
-    if field_type is FieldType.ANY:
+    if field_type is _ANY:
         return True
-    if field_type is FieldType.STRING:
+    if field_type is _STRING:
         return isinstance(value, str)
-    if field_type is FieldType.BOOLEAN:
+    if field_type is _BOOLEAN:
         return isinstance(value, bool)
-    if field_type is FieldType.INTEGER:
+    if field_type is _INTEGER:
         return isinstance(value, int) and not isinstance(value, bool)
-    if field_type is FieldType.NUMBER:
+    if field_type is _NUMBER:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if field_type is FieldType.OBJECT:
+    if field_type is _OBJECT:
         return isinstance(value, Mapping)
     return isinstance(value, list)
+
+
+# ``FieldType.X`` costs ~300 ns (``EnumType.__getattr__`` takes enum class lookups
+# off CPython's fast path); a run's input is checked on every start.
+_ANY, _STRING, _BOOLEAN, _INTEGER, _NUMBER, _OBJECT = (
+    FieldType.ANY,
+    FieldType.STRING,
+    FieldType.BOOLEAN,
+    FieldType.INTEGER,
+    FieldType.NUMBER,
+    FieldType.OBJECT,
+)
 
 
 def _type_name(value: JSON) -> str:

@@ -9,12 +9,13 @@ never fold silently into a wrong state.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
 from apex.domain import events as ev
 from apex.domain.definitions import JSON, GateWhen, StepDefinition, WorkflowDefinition
+from apex.domain.frozen import constructor
 from apex.domain.graph import topological_order
 
 
@@ -26,7 +27,7 @@ class RunStatus(StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self is not RunStatus.RUNNING
+        return self in _FINISHED_RUN
 
 
 class StepStatus(StrEnum):
@@ -50,12 +51,30 @@ class StepStatus(StrEnum):
     @property
     def active(self) -> bool:
         """A worker may be executing it."""
-        return self in (StepStatus.DISPATCHED, StepStatus.RUNNING)
+        return self in _ACTIVE_STEP
 
 
+# Module constants, not ``StepStatus.X`` in the properties: see below.
+_FINISHED_RUN = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 _FINISHED_STEP = frozenset(
     {StepStatus.SUCCEEDED, StepStatus.SKIPPED, StepStatus.FAILED, StepStatus.CANCELLED}
 )
+_ACTIVE_STEP = frozenset({StepStatus.DISPATCHED, StepStatus.RUNNING})
+
+# ``StepStatus.X`` costs ~300 ns: ``EnumType`` defines ``__getattr__``, which
+# takes every attribute lookup on an enum class off CPython's fast path. The
+# rules below, run for every event, read the members from module names.
+_PENDING = StepStatus.PENDING
+_SCHEDULED = StepStatus.SCHEDULED
+_AWAITING_SIGNAL = StepStatus.AWAITING_SIGNAL
+_AWAITING_APPROVAL = StepStatus.AWAITING_APPROVAL
+_DISPATCHED = StepStatus.DISPATCHED
+_RUNNING = StepStatus.RUNNING
+_RETRY_WAIT = StepStatus.RETRY_WAIT
+_SUCCEEDED = StepStatus.SUCCEEDED
+_SKIPPED = StepStatus.SKIPPED
+_FAILED = StepStatus.FAILED
+_CANCELLED = StepStatus.CANCELLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +146,35 @@ class FoldError(ValueError):
     """An event cannot follow the state it is applied to (gap, duplicate, wrong run)."""
 
 
+# The draft and the rules list the fields by position: fail at import, not with
+# a silently shifted state, if the dataclasses change.
+_RUN_FIELDS = (
+    "run_id", "definition", "input", "idempotency_key", "jitter_seed", "correlation_id",
+    "start_command_id", "started_at_ms", "seq", "status", "steps", "timers", "order", "step_defs",
+    "signals", "signal_command_ids", "outputs", "error", "finished_at_ms",
+)  # fmt: skip
+_STEP_FIELD_ORDER = (
+    "status", "attempt", "input", "output", "error", "worker_id", "last_activity_ms",
+    "approval_granted", "gate", "signal_payload", "started_at_ms", "finished_at_ms",
+)  # fmt: skip
+_STEP_FIELDS = frozenset(_STEP_FIELD_ORDER)
+if (
+    tuple(f.name for f in fields(RunState)) != _RUN_FIELDS
+    or tuple(f.name for f in fields(StepState)) != _STEP_FIELD_ORDER
+):
+    raise ImportError("RunState/StepState fields changed: update RunDraft and the rules")
+
+
 def fold(events: Iterable[ev.Event], state: RunState | None = None) -> RunState | None:
     """The state after every event, from ``state`` (default: no run yet)."""
+    draft = None if state is None else RunDraft(state)
     for event in events:
-        state = evolve(state, event)
-    return state
+        if draft is None:
+            state = evolve(state, event)
+            draft = None if state is None else RunDraft(state)
+        else:
+            draft.apply(event)
+    return state if draft is None else draft.freeze()
 
 
 def evolve(state: RunState | None, event: ev.Event) -> RunState | None:
@@ -146,65 +189,105 @@ def evolve(state: RunState | None, event: ev.Event) -> RunState | None:
         raise FoldError(
             f"run {event.run_id}: {type(event).__name__} (seq {event.seq}) before RunStarted"
         )
-    if event.run_id != state.run_id:
-        raise FoldError(f"event of run {event.run_id} applied to run {state.run_id}")
-    if event.seq == 0 and isinstance(event, ev.CommandRejected):
+    draft = RunDraft(state)
+    if not draft.apply(event):
         return state
-    if event.seq != state.seq + 1:
-        raise FoldError(
-            f"run {state.run_id}: event seq {event.seq} does not follow {state.seq} "
-            f"({type(event).__name__})"
-        )
-    apply = _APPLY.get(type(event))
-    if apply is None:
-        raise FoldError(f"no evolve rule for {type(event).__name__}")
-    return apply(state, event)
+    return draft.freeze()
+
+
+class RunDraft:
+    """A run's state while events are folded into it, one after the other.
+
+    ``evolve``'s rules write into a draft; :meth:`freeze` makes the
+    :class:`RunState`. Folding several events — a decision's, or a log's —
+    into one draft builds one state at the end instead of one per event (a
+    ``RunState`` has 19 fields, so building it was a good part of each event's
+    cost). A draft reads like the state it will be (the same attribute names)
+    and has its own copies of the step and timer maps, so no ``RunState`` is
+    ever changed; once frozen, the state owns them and the draft is done.
+    """
+
+    __slots__ = _RUN_FIELDS
+
+    def __init__(self, s: RunState) -> None:
+        self.run_id = s.run_id
+        self.definition = s.definition
+        self.input = s.input
+        self.idempotency_key = s.idempotency_key
+        self.jitter_seed = s.jitter_seed
+        self.correlation_id = s.correlation_id
+        self.start_command_id = s.start_command_id
+        self.started_at_ms = s.started_at_ms
+        self.seq = s.seq
+        self.status = s.status
+        self.steps = dict(s.steps)
+        self.timers = dict(s.timers)
+        self.order = s.order
+        self.step_defs = s.step_defs
+        self.signals = s.signals
+        self.signal_command_ids = s.signal_command_ids
+        self.outputs = s.outputs
+        self.error = s.error
+        self.finished_at_ms = s.finished_at_ms
+
+    def apply(self, event: ev.Event) -> bool:
+        """Fold ``event`` in; ``False`` when it changes nothing (a refusal with seq 0).
+
+        Raises :class:`FoldError` when it belongs to another run or does not
+        follow (a gap, a duplicate).
+        """
+        if event.run_id != self.run_id:
+            raise FoldError(f"event of run {event.run_id} applied to run {self.run_id}")
+        if event.seq == 0 and isinstance(event, ev.CommandRejected):
+            return False
+        if event.seq != self.seq + 1:
+            raise FoldError(
+                f"run {self.run_id}: event seq {event.seq} does not follow {self.seq} "
+                f"({type(event).__name__})"
+            )
+        rule = _APPLY.get(type(event))
+        if rule is None:
+            raise FoldError(f"no evolve rule for {type(event).__name__}")
+        rule(self, event)
+        self.seq = event.seq
+        return True
+
+    def freeze(self) -> RunState:
+        """The state the draft is now; the draft is done (the state owns its maps)."""
+        return _new_run(
+            self.run_id, self.definition, self.input, self.idempotency_key, self.jitter_seed,
+            self.correlation_id, self.start_command_id, self.started_at_ms, self.seq,
+            self.status, self.steps, self.timers, self.order, self.step_defs, self.signals,
+            self.signal_command_ids, self.outputs, self.error, self.finished_at_ms,
+        )  # fmt: skip
+
+    def drop_timers(self, step_id: str, purposes: frozenset[str]) -> None:
+        """Forget the step's pending timers for ``purposes`` (they no longer matter)."""
+        timers = self.timers
+        for timer_id in [
+            k for k, t in timers.items() if t.step_id == step_id and t.purpose in purposes
+        ]:
+            del timers[timer_id]
 
 
 # -- one rule per event type ---------------------------------------------------------
 #
-# Each rule builds the next state, ``seq`` included, in one construction.
-# ``dataclasses.replace`` re-reads every field's metadata on each call and is
-# about three times slower than a direct constructor call, so the rules that run
-# for every step of every run use the two helpers below; the rare ones (a run
-# finishing, signals) keep ``replace`` for clarity.
+# Each rule writes what its event changes into the draft (``apply`` sets
+# ``seq``). The rules that run for every step of every run build the step's
+# state with the fast positional constructor (:mod:`apex.domain.frozen`): a
+# frozen dataclass's own ``__init__`` sets each field through
+# ``object.__setattr__``; the rare ones use ``_step_changed``.
 
-
-def _next(
-    s: RunState,
-    seq: int,
-    steps: Mapping[str, StepState] | None = None,
-    timers: Mapping[str, PendingTimer] | None = None,
-) -> RunState:
-    """``replace(s, seq=seq, steps=steps, timers=timers)``; ``None`` keeps the field."""
-    return RunState(
-        s.run_id,
-        s.definition,
-        s.input,
-        s.idempotency_key,
-        s.jitter_seed,
-        s.correlation_id,
-        s.start_command_id,
-        s.started_at_ms,
-        seq,
-        s.status,
-        s.steps if steps is None else steps,
-        s.timers if timers is None else timers,
-        s.order,
-        s.step_defs,
-        s.signals,
-        s.signal_command_ids,
-        s.outputs,
-        s.error,
-        s.finished_at_ms,
-    )
+_new_run = constructor(RunState)
+_new_step = constructor(StepState)
+_new_timer = constructor(PendingTimer)
 
 
 def _step_changed(old: StepState, **changes: Any) -> StepState:
     """``replace(old, **changes)`` for the hot path (see above)."""
     assert changes.keys() <= _STEP_FIELDS, f"StepState has no {changes.keys() - _STEP_FIELDS}"
     get = changes.get
-    return StepState(
+    return _new_step(
         get("status", old.status),
         get("attempt", old.attempt),
         get("input", old.input),
@@ -220,65 +303,59 @@ def _step_changed(old: StepState, **changes: Any) -> StepState:
     )
 
 
-# The helpers above list the fields by position: fail at import, not with a
-# silently shifted state, if the dataclasses change.
-_RUN_FIELDS = (
-    "run_id", "definition", "input", "idempotency_key", "jitter_seed", "correlation_id",
-    "start_command_id", "started_at_ms", "seq", "status", "steps", "timers", "order", "step_defs",
-    "signals", "signal_command_ids", "outputs", "error", "finished_at_ms",
-)  # fmt: skip
-_STEP_FIELD_ORDER = (
-    "status", "attempt", "input", "output", "error", "worker_id", "last_activity_ms",
-    "approval_granted", "gate", "signal_payload", "started_at_ms", "finished_at_ms",
-)  # fmt: skip
-_STEP_FIELDS = frozenset(_STEP_FIELD_ORDER)
-if (
-    tuple(f.name for f in fields(RunState)) != _RUN_FIELDS
-    or tuple(f.name for f in fields(StepState)) != _STEP_FIELD_ORDER
-):
-    raise ImportError("RunState/StepState fields changed: update _next and _step_changed")
-
-
 def _started(e: ev.RunStarted) -> RunState:
-    return RunState(
-        run_id=e.run_id,
-        definition=e.definition,
-        input=e.input,
-        idempotency_key=e.idempotency_key,
-        jitter_seed=e.jitter_seed,
-        correlation_id=e.correlation_id,
-        start_command_id=e.causation_id,
-        started_at_ms=e.occurred_at_ms,
-        seq=1,
-        status=RunStatus.RUNNING,
-        steps={s.id: StepState() for s in e.definition.steps},
-        timers={},
-        order=topological_order(e.definition),
-        step_defs={s.id: s for s in e.definition.steps},
+    graph = step_graph(e.definition)
+    return _new_run(
+        e.run_id, e.definition, e.input, e.idempotency_key, e.jitter_seed, e.correlation_id,
+        e.causation_id, e.occurred_at_ms, 1, RunStatus.RUNNING, dict(graph.not_started), {},
+        graph.order, graph.step_defs, (), frozenset(), None, None, None,
+    )  # fmt: skip
+
+
+_NOT_STARTED = StepState()
+"""Every step's state before it is scheduled; one object, as it is frozen."""
+
+@dataclass(frozen=True, slots=True)
+class StepGraph:
+    """What runs derive from their definition's steps: worked out once per definition."""
+
+    order: tuple[str, ...]
+    """Step ids in topological order."""
+    step_defs: Mapping[str, StepDefinition]
+    not_started: Mapping[str, StepState]
+    """Every step's state at ``RunStarted`` (copy before changing)."""
+    dependencies: tuple[tuple[str, tuple[str, ...]], ...]
+    """``(step id, its depends_on)`` in ``order``."""
+
+
+_GRAPHS: dict[int, tuple[WorkflowDefinition, StepGraph]] = {}
+_GRAPHS_KEPT = 256
+
+
+def step_graph(definition: WorkflowDefinition) -> StepGraph:
+    """The definition's :class:`StepGraph`; raises ``DefinitionError`` when it has no order.
+
+    Ordering the steps validates the graph, which costs more than the rest of a
+    run's decisions together; runs of one workflow share its definition object,
+    so the result is kept by the object's identity (a definition is frozen, and
+    the entry holds it, so its id cannot be reused while the entry exists). The
+    maps are shared between runs: nothing mutates them.
+    """
+    kept = _GRAPHS.get(id(definition))
+    if kept is not None and kept[0] is definition:
+        return kept[1]
+    order = topological_order(definition)
+    step_defs = {s.id: s for s in definition.steps}
+    graph = StepGraph(
+        order=order,
+        step_defs=step_defs,
+        not_started={s.id: _NOT_STARTED for s in definition.steps},
+        dependencies=tuple((sid, step_defs[sid].depends_on) for sid in order),
     )
-
-
-def _with_step(
-    s: RunState,
-    e: ev.Event,
-    step_id: str,
-    step: StepState,
-    drop_timers: frozenset[str] | None = None,
-) -> RunState:
-    """The state at ``e`` with ``step_id`` replaced, and maybe its timers for ``drop_timers``."""
-    steps = dict(s.steps)
-    steps[step_id] = step
-    timers = None if drop_timers is None else _without_timers(s.timers, step_id, drop_timers)
-    return _next(s, e.seq, steps, timers)
-
-
-def _without_timers(
-    timers: Mapping[str, PendingTimer], step_id: str, purposes: frozenset[str]
-) -> Mapping[str, PendingTimer]:
-    if not timers:
-        return timers
-    kept = {k: t for k, t in timers.items() if not (t.step_id == step_id and t.purpose in purposes)}
-    return timers if len(kept) == len(timers) else kept
+    if len(_GRAPHS) >= _GRAPHS_KEPT:
+        _GRAPHS.clear()
+    _GRAPHS[id(definition)] = (definition, graph)
+    return graph
 
 
 _ATTEMPT_TIMERS = frozenset({"step_timeout"})
@@ -288,182 +365,166 @@ _SIGNAL_TIMERS = frozenset({"signal_deadline"})
 _ALL_STEP_TIMERS = frozenset({"step_timeout", "retry", "approval_deadline", "signal_deadline"})
 
 
-def _finish_run(s: RunState, e: ev.Event, status: RunStatus, **changes: Any) -> RunState:
-    return replace(
-        s, seq=e.seq, status=status, timers={}, finished_at_ms=e.occurred_at_ms, **changes
-    )
+def _finish_run(
+    d: RunDraft, e: ev.Event, status: RunStatus, outputs: JSON, error: str | None
+) -> None:
+    d.status = status
+    d.timers.clear()
+    d.outputs = outputs
+    d.error = error
+    d.finished_at_ms = e.occurred_at_ms
 
 
-def _run_completed(s: RunState, e: ev.RunCompleted) -> RunState:
-    return _finish_run(s, e, RunStatus.COMPLETED, outputs=e.outputs)
+def _run_completed(d: RunDraft, e: ev.RunCompleted) -> None:
+    _finish_run(d, e, RunStatus.COMPLETED, e.outputs, d.error)
 
 
-def _run_failed(s: RunState, e: ev.RunFailed) -> RunState:
-    return _finish_run(s, e, RunStatus.FAILED, error=e.error)
+def _run_failed(d: RunDraft, e: ev.RunFailed) -> None:
+    _finish_run(d, e, RunStatus.FAILED, d.outputs, e.error)
 
 
-def _run_cancelled(s: RunState, e: ev.RunCancelled) -> RunState:
-    return _finish_run(s, e, RunStatus.CANCELLED, error=e.reason)
+def _run_cancelled(d: RunDraft, e: ev.RunCancelled) -> None:
+    _finish_run(d, e, RunStatus.CANCELLED, d.outputs, e.reason)
 
 
 # The four rules every step of every run goes through build StepState by
 # position (a quarter cheaper than ``_step_changed``); the order is checked above.
 
 
-def _step_scheduled(s: RunState, e: ev.StepScheduled) -> RunState:
-    o = s.steps[e.step_id]
-    step = StepState(
-        StepStatus.SCHEDULED, o.attempt, o.input, o.output, o.error, o.worker_id,
+def _step_scheduled(d: RunDraft, e: ev.StepScheduled) -> None:
+    o = d.steps[e.step_id]
+    d.steps[e.step_id] = _new_step(
+        _SCHEDULED, o.attempt, o.input, o.output, o.error, o.worker_id,
         o.last_activity_ms, o.approval_granted, o.gate, o.signal_payload, o.started_at_ms,
         o.finished_at_ms,
     )  # fmt: skip
-    return _with_step(s, e, e.step_id, step)
 
 
-def _step_skipped(s: RunState, e: ev.StepSkipped) -> RunState:
-    step = _step_changed(
-        s.steps[e.step_id], status=StepStatus.SKIPPED, finished_at_ms=e.occurred_at_ms
-    )
-    return _with_step(s, e, e.step_id, step)
+def _step_skipped(d: RunDraft, e: ev.StepSkipped) -> None:
+    step = _step_changed(d.steps[e.step_id], status=_SKIPPED, finished_at_ms=e.occurred_at_ms)
+    d.steps[e.step_id] = step
 
 
-def _step_dispatched(s: RunState, e: ev.StepDispatched) -> RunState:
-    o = s.steps[e.step_id]
+def _step_dispatched(d: RunDraft, e: ev.StepDispatched) -> None:
+    o = d.steps[e.step_id]
     started_at = o.started_at_ms if o.started_at_ms is not None else e.occurred_at_ms
-    step = StepState(
-        StepStatus.DISPATCHED, e.attempt, e.input, o.output, o.error, o.worker_id,
+    d.steps[e.step_id] = _new_step(
+        _DISPATCHED, e.attempt, e.input, o.output, o.error, o.worker_id,
         e.occurred_at_ms, o.approval_granted, o.gate, o.signal_payload, started_at,
         o.finished_at_ms,
     )  # fmt: skip
-    return _with_step(s, e, e.step_id, step, _RETRY_TIMERS)
+    d.drop_timers(e.step_id, _RETRY_TIMERS)
 
 
-def _step_started(s: RunState, e: ev.StepStarted) -> RunState:
-    o = s.steps[e.step_id]
+def _step_started(d: RunDraft, e: ev.StepStarted) -> None:
+    o = d.steps[e.step_id]
     # A 'started' delivered after a heartbeat is not a later sign of life: the
     # timeout never counts from further back than it already does.
     last = o.last_activity_ms
     if last is None or e.occurred_at_ms > last:
         last = e.occurred_at_ms
-    step = StepState(
-        StepStatus.RUNNING, o.attempt, o.input, o.output, o.error, e.worker_id,
+    d.steps[e.step_id] = _new_step(
+        _RUNNING, o.attempt, o.input, o.output, o.error, e.worker_id,
         last, o.approval_granted, o.gate, o.signal_payload, o.started_at_ms,
         o.finished_at_ms,
     )  # fmt: skip
-    return _with_step(s, e, e.step_id, step)
 
 
-def _step_heartbeat(s: RunState, e: ev.StepHeartbeat) -> RunState:
-    step = _step_changed(s.steps[e.step_id], last_activity_ms=e.occurred_at_ms)
-    return _with_step(s, e, e.step_id, step)
+def _step_heartbeat(d: RunDraft, e: ev.StepHeartbeat) -> None:
+    d.steps[e.step_id] = _step_changed(d.steps[e.step_id], last_activity_ms=e.occurred_at_ms)
 
 
-def _step_succeeded(s: RunState, e: ev.StepSucceeded) -> RunState:
-    o = s.steps[e.step_id]
-    step = StepState(
-        StepStatus.SUCCEEDED, o.attempt, o.input, e.output, None, o.worker_id,
+def _step_succeeded(d: RunDraft, e: ev.StepSucceeded) -> None:
+    o = d.steps[e.step_id]
+    d.steps[e.step_id] = _new_step(
+        _SUCCEEDED, o.attempt, o.input, e.output, None, o.worker_id,
         o.last_activity_ms, o.approval_granted, o.gate, o.signal_payload, o.started_at_ms,
         e.occurred_at_ms,
     )  # fmt: skip
-    return _with_step(s, e, e.step_id, step, _ATTEMPT_TIMERS)
+    d.drop_timers(e.step_id, _ATTEMPT_TIMERS)
 
 
-def _step_retry_scheduled(s: RunState, e: ev.StepRetryScheduled) -> RunState:
+def _step_retry_scheduled(d: RunDraft, e: ev.StepRetryScheduled) -> None:
     step = _step_changed(
-        s.steps[e.step_id], status=StepStatus.RETRY_WAIT, attempt=e.next_attempt, error=e.error
+        d.steps[e.step_id], status=_RETRY_WAIT, attempt=e.next_attempt, error=e.error
     )
-    return _with_step(s, e, e.step_id, step, _ATTEMPT_TIMERS)
+    d.steps[e.step_id] = step
+    d.drop_timers(e.step_id, _ATTEMPT_TIMERS)
 
 
-def _step_failed(s: RunState, e: ev.StepFailed) -> RunState:
+def _step_failed(d: RunDraft, e: ev.StepFailed) -> None:
     step = _step_changed(
-        s.steps[e.step_id],
-        status=StepStatus.FAILED,
-        error=e.error,
-        finished_at_ms=e.occurred_at_ms,
+        d.steps[e.step_id], status=_FAILED, error=e.error, finished_at_ms=e.occurred_at_ms
     )
-    return _with_step(s, e, e.step_id, step, _ALL_STEP_TIMERS)
+    d.steps[e.step_id] = step
+    d.drop_timers(e.step_id, _ALL_STEP_TIMERS)
 
 
-def _step_timed_out(s: RunState, e: ev.StepTimedOut) -> RunState:
-    return _next(s, e.seq, timers=_without_timers(s.timers, e.step_id, _ATTEMPT_TIMERS))
+def _step_timed_out(d: RunDraft, e: ev.StepTimedOut) -> None:
+    d.drop_timers(e.step_id, _ATTEMPT_TIMERS)
 
 
-def _step_cancelled(s: RunState, e: ev.StepCancelled) -> RunState:
+def _step_cancelled(d: RunDraft, e: ev.StepCancelled) -> None:
     step = _step_changed(
-        s.steps[e.step_id],
-        status=StepStatus.CANCELLED,
-        error=e.reason,
-        finished_at_ms=e.occurred_at_ms,
+        d.steps[e.step_id], status=_CANCELLED, error=e.reason, finished_at_ms=e.occurred_at_ms
     )
-    return _with_step(s, e, e.step_id, step, _ALL_STEP_TIMERS)
+    d.steps[e.step_id] = step
+    d.drop_timers(e.step_id, _ALL_STEP_TIMERS)
 
 
-def _approval_requested(s: RunState, e: ev.ApprovalRequested) -> RunState:
-    step = _step_changed(s.steps[e.step_id], status=StepStatus.AWAITING_APPROVAL, gate=e.when)
-    return _with_step(s, e, e.step_id, step)
+def _approval_requested(d: RunDraft, e: ev.ApprovalRequested) -> None:
+    step = _step_changed(d.steps[e.step_id], status=_AWAITING_APPROVAL, gate=e.when)
+    d.steps[e.step_id] = step
 
 
-def _approval_granted(s: RunState, e: ev.ApprovalGranted) -> RunState:
-    old = s.steps[e.step_id]
+def _approval_granted(d: RunDraft, e: ev.ApprovalGranted) -> None:
+    old = d.steps[e.step_id]
     # A gate after the step held its output until now; a gate before it
     # releases the step for dispatch, which the decider emits next.
-    status = StepStatus.SUCCEEDED if old.gate is GateWhen.AFTER else StepStatus.SCHEDULED
-    step = _step_changed(old, status=status, approval_granted=True, gate=None)
-    return _with_step(s, e, e.step_id, step, _APPROVAL_TIMERS)
+    status = _SUCCEEDED if old.gate is GateWhen.AFTER else _SCHEDULED
+    d.steps[e.step_id] = _step_changed(old, status=status, approval_granted=True, gate=None)
+    d.drop_timers(e.step_id, _APPROVAL_TIMERS)
 
 
-def _approval_rejected(s: RunState, e: ev.ApprovalRejected) -> RunState:
-    return _next(s, e.seq, timers=_without_timers(s.timers, e.step_id, _APPROVAL_TIMERS))
+def _approval_rejected(d: RunDraft, e: ev.ApprovalRejected) -> None:
+    d.drop_timers(e.step_id, _APPROVAL_TIMERS)
 
 
-def _signal_awaited(s: RunState, e: ev.SignalAwaited) -> RunState:
-    step = _step_changed(s.steps[e.step_id], status=StepStatus.AWAITING_SIGNAL)
-    return _with_step(s, e, e.step_id, step)
+def _signal_awaited(d: RunDraft, e: ev.SignalAwaited) -> None:
+    d.steps[e.step_id] = _step_changed(d.steps[e.step_id], status=_AWAITING_SIGNAL)
 
 
-def _signal_received(s: RunState, e: ev.SignalReceived) -> RunState:
-    seen = s.signal_command_ids | {e.causation_id}
+def _signal_received(d: RunDraft, e: ev.SignalReceived) -> None:
+    d.signal_command_ids = d.signal_command_ids | {e.causation_id}
     if e.step_id is None:
-        buffered = BufferedSignal(e.name, e.payload, e.correlation_key)
-        return replace(s, seq=e.seq, signals=(*s.signals, buffered), signal_command_ids=seen)
+        d.signals = (*d.signals, BufferedSignal(e.name, e.payload, e.correlation_key))
+        return
     # Releasing a step consumes the first matching buffered signal, if it came early.
-    signals = list(s.signals)
+    signals = list(d.signals)
     for i, sig in enumerate(signals):
         if sig.name == e.name and sig.correlation_key == e.correlation_key:
             del signals[i]
             break
-    steps = dict(s.steps)
-    steps[e.step_id] = _step_changed(
-        s.steps[e.step_id], status=StepStatus.SCHEDULED, signal_payload=e.payload
-    )
-    return replace(
-        s,
-        seq=e.seq,
-        steps=steps,
-        timers=_without_timers(s.timers, e.step_id, _SIGNAL_TIMERS),
-        signals=tuple(signals),
-        signal_command_ids=seen,
-    )
+    d.signals = tuple(signals)
+    step = _step_changed(d.steps[e.step_id], status=_SCHEDULED, signal_payload=e.payload)
+    d.steps[e.step_id] = step
+    d.drop_timers(e.step_id, _SIGNAL_TIMERS)
 
 
-def _timer_scheduled(s: RunState, e: ev.TimerScheduled) -> RunState:
-    timers = dict(s.timers)
-    timers[e.timer_id] = PendingTimer(e.timer_id, e.fire_at_ms, e.purpose, e.step_id, e.attempt)
-    return _next(s, e.seq, timers=timers)
+def _timer_scheduled(d: RunDraft, e: ev.TimerScheduled) -> None:
+    timer = _new_timer(e.timer_id, e.fire_at_ms, e.purpose, e.step_id, e.attempt)
+    d.timers[e.timer_id] = timer
 
 
-def _timer_fired(s: RunState, e: ev.TimerFired) -> RunState:
-    timers = dict(s.timers)
-    timers.pop(e.timer_id, None)
-    return _next(s, e.seq, timers=timers)
+def _timer_fired(d: RunDraft, e: ev.TimerFired) -> None:
+    d.timers.pop(e.timer_id, None)
 
 
-def _command_rejected(s: RunState, e: ev.CommandRejected) -> RunState:
-    return _next(s, e.seq)
+def _command_rejected(d: RunDraft, e: ev.CommandRejected) -> None:
+    pass  # a refusal is in the log (and takes a seq), and changes nothing else
 
 
-_APPLY: dict[type[ev.Event], Callable[[RunState, Any], RunState]] = {
+_APPLY: dict[type[ev.Event], Callable[[RunDraft, Any], None]] = {
     ev.RunCompleted: _run_completed,
     ev.RunFailed: _run_failed,
     ev.RunCancelled: _run_cancelled,
