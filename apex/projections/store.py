@@ -20,10 +20,11 @@ on a position mismatch.
 
 The backends differ only in how rows reach the tables:
 
-* :class:`StatementProjectionStore` — one multi-row ``INSERT ... SELECT FROM
-  unnest(<one array per column>) ON CONFLICT DO UPDATE`` per table: one round
-  trip per table whatever the batch size. Low fixed cost: the live projector's
-  small, frequent batches.
+* :class:`StatementProjectionStore` — a multi-row ``INSERT ... SELECT FROM
+  unnest(<one array per column>) ON CONFLICT DO UPDATE`` per table, every
+  table's a CTE of ONE statement: one round trip whatever the batch size and
+  however many tables it touches. Low fixed cost: the live projector's small,
+  frequent batches.
 * :class:`CopyProjectionStore` — ``COPY`` (binary) into the tables, through a
   temporary table and one ``INSERT ... SELECT ... ON CONFLICT`` merge for the
   upserted ones. High throughput: the bulk rebuild (DESIGN facts: COPY is 86k
@@ -33,15 +34,19 @@ Both insert ``event_index`` rows without ``ON CONFLICT``: an event applied twice
 fails on the primary key and rolls its batch back rather than being absorbed.
 ``tests/integration/test_projection_store.py`` runs one contract on both.
 
-Connections come from a SQLAlchemy ``AsyncEngine`` (pool, transaction); the
-writes use the asyncpg driver connection inside that same transaction, since
-``executemany``/``COPY`` are where the throughput is.
+Connections come from a SQLAlchemy ``AsyncEngine``'s pool; the transaction and
+every statement of it are the asyncpg driver connection's own (``BEGIN`` with
+the lock timeout in one round trip, ``COPY`` and array parameters where the
+throughput is): a live projector's transaction is four round trips — BEGIN,
+lock, rows with checkpoints (:meth:`ProjectionUnit.write_and_advance`), COMMIT
+— and on this 2-core machine each one costs more CPU than building a batch's
+rows (py-spy: a loopback send wakes PostgreSQL on the sender's time).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
@@ -108,6 +113,12 @@ class ProjectionUnit(Protocol):
         """:meth:`advance` for several partitions: ``{partition: (locked, next_offset)}``."""
         ...
 
+    async def write_and_advance(
+        self, changes: r.Changes, topic: str, moves: dict[int, tuple[int, int]]
+    ) -> None:
+        """:meth:`write` then :meth:`advance_many`, in as few round trips as the backend can."""
+        ...
+
     async def indexed(self, run_ids: Sequence[str]) -> list[tuple[str, int, str, int, int]]:
         """``(run_id, seq, topic, partition, offset)`` of the runs' indexed events, by run, seq."""
         ...
@@ -153,6 +164,30 @@ class _Unit:
         await self.advance_many(topic, {partition: (locked, next_offset)})
 
     async def advance_many(self, topic: str, moves: dict[int, tuple[int, int]]) -> None:
+        self._check_moves(topic, moves)
+        if not moves:
+            return
+        s = self._store
+        partitions = sorted(moves)
+        status = await self._driver.execute(
+            s.sql_advance_checkpoints, s.projection, topic, *_move_arrays(moves, partitions)
+        )
+        self._moved(topic, moves, int(status.split()[-1]))
+
+    async def write_and_advance(
+        self, changes: r.Changes, topic: str, moves: dict[int, tuple[int, int]]
+    ) -> None:
+        self._check_moves(topic, moves)  # before anything is written, on every backend
+        store = self._store
+        if not isinstance(store, StatementProjectionStore) or not changes or not moves:
+            await self.write(changes)
+            await self.advance_many(topic, moves)
+            return
+        with self._applied_twice():
+            moved = await store._write_advancing(self._driver, changes, topic, moves)
+        self._moved(topic, moves, moved)
+
+    def _check_moves(self, topic: str, moves: dict[int, tuple[int, int]]) -> None:
         s = self._store
         for partition, (locked, next_offset) in moves.items():
             where = f"checkpoint {s.projection} {topic}[{partition}]"
@@ -163,21 +198,12 @@ class _Unit:
                 )
             if next_offset < locked:
                 raise CheckpointError(f"{where} cannot move back from {locked} to {next_offset}")
-        if not moves:
-            return
-        partitions = sorted(moves)
-        status = await self._driver.execute(
-            s.sql_advance_checkpoints,
-            s.projection,
-            topic,
-            partitions,
-            [moves[p][0] for p in partitions],
-            [moves[p][1] for p in partitions],
-        )
-        if status != f"UPDATE {len(moves)}":  # the row locks make this impossible: say so
+
+    def _moved(self, topic: str, moves: dict[int, tuple[int, int]], updated: int) -> None:
+        if updated != len(moves):  # the row locks make this impossible: say so
             raise CheckpointError(
-                f"checkpoints {s.projection} {topic}{partitions} are no longer where they were "
-                f"locked ({status})"
+                f"checkpoints {self._store.projection} {topic}{sorted(moves)} are no longer "
+                f"where they were locked ({updated} of {len(moves)} moved)"
             )
         for partition, (_, next_offset) in moves.items():
             self._locked[(topic, partition)] = next_offset
@@ -189,8 +215,13 @@ class _Unit:
     async def write(self, changes: r.Changes) -> None:
         if not changes:
             return
-        try:
+        with self._applied_twice():
             await self._store._write(self._driver, changes)
+
+    @contextmanager
+    def _applied_twice(self) -> Iterator[None]:
+        try:
+            yield
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name != "event_index_pkey":
                 raise
@@ -198,6 +229,30 @@ class _Unit:
                 f"{self._store.schema}.event_index already holds an event of this batch "
                 f"({exc.detail}): it was applied before, yet the checkpoint did not say so"
             ) from exc
+
+
+def _advance_sql(checkpoints: str, first: int = 1) -> str:
+    """Move checkpoints still at their locked offsets; parameters from ``first``: projection,
+    topic, partitions, locked offsets, next offsets."""
+    a, b, c, d, e = (f"${i}" for i in range(first, first + 5))
+    return (
+        f"UPDATE {checkpoints} AS c SET next_offset = m.next_offset "
+        f"FROM unnest({c}::int[], {d}::bigint[], {e}::bigint[]) "
+        "AS m(partition, locked, next_offset) "
+        f"WHERE c.projection = {a} AND c.topic = {b} AND c.partition = m.partition "
+        "AND c.next_offset = m.locked"
+    )
+
+
+def _move_arrays(
+    moves: dict[int, tuple[int, int]], partitions: list[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """``(partitions, locked offsets, next offsets)``: the advance statement's arrays."""
+    return partitions, [moves[p][0] for p in partitions], [moves[p][1] for p in partitions]
+
+
+_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = '60s'"
+"""A swap holding the checkpoints (a rebuild) is waited for, not forever."""
 
 
 class _PostgresStore:
@@ -223,52 +278,92 @@ class _PostgresStore:
             f'SELECT run_id, seq, topic, partition, "offset" FROM {q}.event_index '
             "WHERE run_id = ANY($1::text[]) ORDER BY run_id, seq"
         )
-        self.sql_advance_checkpoints = (
-            f"UPDATE {cp} AS c SET next_offset = m.next_offset "
-            "FROM unnest($3::int[], $4::bigint[], $5::bigint[]) "
-            "AS m(partition, locked, next_offset) "
-            "WHERE c.projection = $1 AND c.topic = $2 AND c.partition = m.partition "
-            "AND c.next_offset = m.locked"
-        )
+        self.sql_advance_checkpoints = _advance_sql(cp)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Unit]:
-        async with self.engine.begin() as connection:
-            # The first statement through SQLAlchemy opens the transaction on
-            # the driver connection the writes then use.
-            await connection.exec_driver_sql("SET LOCAL lock_timeout = '60s'")
+        # The transaction is the driver's own, not SQLAlchemy's: BEGIN and the
+        # lock timeout go in one round trip (SQLAlchemy would spend two, and a
+        # greenlet hop per statement) — the live projector pays this per poll.
+        # SQLAlchemy still owns the pooled connection; its reset on return is a
+        # no-op since it never began a transaction of its own.
+        async with self.engine.connect() as connection:
             raw = await connection.get_raw_connection()
             driver = raw.driver_connection
-            assert driver is not None and driver.is_in_transaction()
-            yield _Unit(self, connection, driver)
+            assert driver is not None and not driver.is_in_transaction()
+            await driver.execute(_BEGIN)
+            try:
+                yield _Unit(self, connection, driver)
+            except BaseException:
+                try:
+                    await driver.execute("ROLLBACK")
+                except BaseException:  # the connection is gone: never pool it again
+                    await connection.invalidate()
+                raise
+            try:
+                await driver.execute("COMMIT")
+            except BaseException:  # whatever state it is in, it is not one to pool
+                await connection.invalidate()
+                raise
 
     async def _write(self, driver: Any, changes: r.Changes) -> None:
         raise NotImplementedError
 
 
 class StatementProjectionStore(_PostgresStore):
-    """Rows by one multi-row statement per table: the live projector's.
+    """Rows by ONE statement for every table: the live projector's.
 
     Each table's rows go as column arrays into ``INSERT ... SELECT * FROM
-    unnest($1::text[], $2::int8[], ...) ON CONFLICT ...``: one statement, one
-    round trip and one execution per table however many rows — a batch of a
-    few events costs little more than one event (``executemany`` would execute
-    the statement once per row).
+    unnest($1::text[], $2::int8[], ...) ON CONFLICT ...``, and the tables'
+    inserts are data-modifying CTEs of one statement: one round trip and one
+    execution however many rows and tables — a batch of a few events costs
+    little more than one event (``executemany`` would execute once per row, a
+    statement per table would wait for five round trips). A table without rows
+    gets empty arrays: an insert of nothing.
     """
 
     def __init__(self, engine: AsyncEngine, schema: str, projection: str = PROJECTION) -> None:
         super().__init__(engine, schema, projection)
-        self._sql = {
-            spec.table: _upsert_sql(self.q, spec, f"{self.q}.{spec.table}", _unnest(spec))
-            for spec in _SPECS
+        parts, first = [], 1
+        for spec in _SPECS:
+            upsert = _upsert_sql(self.q, spec, f"{self.q}.{spec.table}", _unnest(spec, first))
+            parts.append(f"w_{spec.table} AS ({upsert})")
+            first += len(spec.columns)
+        self._sql = f"WITH {', '.join(parts)} SELECT 1"
+        # The same, plus the checkpoints' advance: rows and checkpoints in one round trip.
+        advance = _advance_sql(f"{self.q}.projection_checkpoints", first)
+        self._sql_advancing = (
+            f"WITH {', '.join(parts)}, moved AS ({advance} RETURNING 1) SELECT count(*) FROM moved"
+        )
+        self._empty: dict[str, list[list[Any]]] = {
+            spec.attr: [[]] * len(spec.columns) for spec in _SPECS
         }
 
     async def _write(self, driver: Any, changes: r.Changes) -> None:
+        await driver.execute(self._sql, *self._arrays(changes))
+
+    async def _write_advancing(
+        self, driver: Any, changes: r.Changes, topic: str, moves: dict[int, tuple[int, int]]
+    ) -> int:
+        """Rows and checkpoints in one statement; how many checkpoints moved."""
+        moved: int = await driver.fetchval(
+            self._sql_advancing,
+            *self._arrays(changes),
+            self.projection,
+            topic,
+            *_move_arrays(moves, sorted(moves)),
+        )
+        return moved
+
+    def _arrays(self, changes: r.Changes) -> list[Any]:
+        arrays: list[Any] = []
         for spec in _SPECS:
             rows = getattr(changes, spec.attr)
             if rows:
-                columns = list(zip(*(spec.to_db(row) for row in rows), strict=True))
-                await driver.execute(self._sql[spec.table], *columns)
+                arrays.extend(zip(*map(spec.to_db, rows), strict=True))
+            else:
+                arrays.extend(self._empty[spec.attr])
+        return arrays
 
 
 class CopyProjectionStore(_PostgresStore):
@@ -311,7 +406,29 @@ class _Spec(NamedTuple):
 
 
 def _json(value: Any) -> str | None:
-    return None if value is None else dumps_canonical(value)
+    """Canonical JSON text of a JSON value, remembered by identity.
+
+    The live projector writes a run's row again with every batch that touches
+    the run, with the same ``input`` object each time (the state carries the
+    RunStarted's value along): serialising it again was about a third of
+    turning rows into parameters (micro-benchmark, ~9 -> ~6 µs an event).
+    The memo holds the value itself, so its ``id`` cannot be reused while the
+    entry lives; the domain never mutates a JSON value in place.
+    """
+    if value is None:
+        return None
+    hit = _JSON_MEMO.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    text = dumps_canonical(value)
+    if len(_JSON_MEMO) >= _JSON_MEMO_SIZE:
+        _JSON_MEMO.clear()  # bounded, and cheap: a few runs are serialised again
+    _JSON_MEMO[id(value)] = (value, text)
+    return text
+
+
+_JSON_MEMO: dict[int, tuple[Any, str]] = {}
+_JSON_MEMO_SIZE = 8192
 
 
 def _run_to_db(row: r.RunRow) -> tuple[Any, ...]:
@@ -349,12 +466,13 @@ def _ident(column: str) -> str:
     return f'"{column}"'
 
 
-def _unnest(spec: _Spec) -> str:
-    """``unnest($1::text[], ...) AS s(col, ...)``: a row source from one array per column."""
+def _unnest(spec: _Spec, first: int = 1) -> str:
+    """``unnest($1::text[], ...) AS s(col, ...)``: a row source from one array per column
+    (parameters numbered from ``first``)."""
     table = next(t for t in TABLES if t.name == spec.table)
     arrays = ", ".join(
         f"${i}::{_SQL_TYPES[type(column.type).__name__]}[]"
-        for i, column in enumerate(table.columns, start=1)
+        for i, column in enumerate(table.columns, start=first)
     )
     names = ", ".join(_ident(c) for c in spec.columns)
     return f"unnest({arrays}) AS s({names})"

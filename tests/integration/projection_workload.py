@@ -123,6 +123,10 @@ AGENTS = [fetch, classify, act, broken, block]
 
 async def run_workload(settings: Settings, runs: int = 12) -> list[str]:
     """Start a varied batch of runs and drive each to its end; returns their ids."""
+    global _release
+    # A fresh gate per workload: a second workload (a test runs two) must find its
+    # blocking steps blocked again — a quick one is never reported started.
+    _release = asyncio.Event()
     async with Runtime(settings, AGENTS) as rt:
         for wf in (TRIAGE, FRAGILE, SLOW):
             await rt.client.register(wf)

@@ -110,6 +110,45 @@ async def test_written_rows_read_back_equal(store: ProjectionStore) -> None:
     assert tables["definition_counts"] == [tuple(row) for row in changes.counts]
 
 
+async def test_rows_and_checkpoints_written_together_read_back_equal(
+    store: ProjectionStore,
+) -> None:
+    """``write_and_advance`` (the live projector's one round trip) is write + advance."""
+    first, second = batch_of("approved", "run-1"), batch_of("ok", "run-2", partition=1)
+    async with store.transaction() as unit:
+        locked = await unit.lock_checkpoints(TOPIC, [0, 1])
+        both = r.Changes()
+        both.extend(first)
+        both.extend(second)
+        await unit.write_and_advance(both, TOPIC, {0: (locked[0], 30), 1: (locked[1], 7)})
+        # The unit knows where it moved them: a second move starts from there.
+        await unit.advance_many(TOPIC, {0: (30, 31)})
+
+    tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
+    assert tables["runs"] == sorted(tuple(row) for row in both.runs)
+    assert tables["event_index"] == sorted(tuple(row) for row in both.events)
+    assert tables["definition_counts"] == [tuple(row) for row in both.counts]
+    async with store.engine.connect() as connection:  # type: ignore[attr-defined]
+        assert await read_checkpoints(connection, store.schema) == {(TOPIC, 0): 31, (TOPIC, 1): 7}
+
+
+async def test_rows_and_checkpoints_are_refused_together(store: ProjectionStore) -> None:
+    changes = batch_of("ok", "run-1")
+    async with store.transaction() as unit:
+        with pytest.raises(CheckpointError, match="not locked"):
+            await unit.write_and_advance(changes, TOPIC, {0: (0, 5)})
+    async with store.transaction() as unit:
+        await unit.write(changes)
+    with pytest.raises(EventAppliedTwice):
+        async with store.transaction() as unit:
+            locked = await unit.lock_checkpoint(TOPIC, 0)
+            await unit.write_and_advance(
+                r.Changes(events=changes.events[-1:]), TOPIC, {0: (locked, 99)}
+            )
+    async with store.transaction() as unit:
+        assert await unit.lock_checkpoint(TOPIC, 0) == 0, "the checkpoint rolled back too"
+
+
 async def test_rows_are_upserted_and_counts_added(store: ProjectionStore) -> None:
     events = play("retry", "run-1")
     half = len(events) // 2
