@@ -286,4 +286,3 @@ class TaskRun:
             )
             self.outcome = failed
             return await self._send(failed)
-
