@@ -45,7 +45,7 @@ def _count_retries() -> None:
     sender.AddPartitionsToTxnHandler.handle_response = handle_response
 
 
-async def run(transactions: int, gap_s: float) -> None:
+async def run(transactions: int, gap_s: float, offsets: bool = True) -> None:
     settings = Settings.from_env()
     topic = f"bench.txn.{uuid.uuid4().hex[:8]}"
     group = f"{topic}.group"
@@ -72,7 +72,8 @@ async def run(transactions: int, gap_s: float) -> None:
             await producer.begin_transaction()
             await (await producer.send(topic, b"x" * 200, key=b"run"))
             t1 = time.perf_counter()
-            await producer.send_offsets_to_transaction({TopicPartition(topic, 0): n + 1}, group)
+            if offsets:
+                await producer.send_offsets_to_transaction({TopicPartition(topic, 0): n + 1}, group)
             t2 = time.perf_counter()
             await producer.commit_transaction()
             t3 = time.perf_counter()
@@ -115,9 +116,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=200)
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between transactions")
+    parser.add_argument(
+        "--no-offsets",
+        action="store_true",
+        help="no consumed offset in the transaction (as when it rides in a record header)",
+    )
     args = parser.parse_args()
     _count_retries()
-    asyncio.run(run(args.transactions, args.gap_ms / 1000))
+    asyncio.run(run(args.transactions, args.gap_ms / 1000, offsets=not args.no_offsets))
 
 
 if __name__ == "__main__":

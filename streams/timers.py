@@ -201,8 +201,6 @@ class TimerService:
         self._contexts = {k: v for k, v in self._contexts.items() if k in self._scheduled}
 
 
-
-
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: TimerService) -> None:
         self._service = service

@@ -11,20 +11,24 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from apex.client import ApexClient
 from apex.config import Settings
 from apex.domain import events as ev
 from apex.domain.definitions import StepDefinition, WorkflowDefinition
 from apex.domain.messages import RunResult
-from apex.kafka.clients import make_producer
+from apex.kafka.clients import make_consumer, make_producer, partition_for, topic_partitions
 from streams.orchestrator import Orchestrator, TransactionFailed
 from tests.integration.runtime import (
     assert_gapless,
     of_type,
+    read_dlq,
     read_events,
     read_results,
     spawn,
@@ -153,3 +157,124 @@ async def test_zombie_orchestrator_is_fenced_and_cannot_append(apex_settings: Se
             for producer in usurpers:
                 await producer.stop()
     assert late not in await read_events(apex_settings), "a fenced zombie appended events"
+
+
+async def _group_offsets(settings: Settings, group: str) -> dict[TopicPartition, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+
+
+async def _end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    consumer = make_consumer(settings)
+    await consumer.start()
+    try:
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(
+            await topic_partitions(consumer, topic)
+        )
+        return ends
+    finally:
+        await consumer.stop()
+
+
+async def _until(
+    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_a_new_owner_resumes_where_the_events_recorded_without_the_group_offset(
+    apex_settings: Settings,
+) -> None:
+    """The consumed offset rides in the events: a resume needs no group offset.
+
+    The first orchestrator never commits offsets to the group outside its
+    transactions, so only the dead-letter-only transaction leaves one there. The
+    second must start every partition after the commands already decided: it
+    decides only the one new command, and the dead letter is not written again.
+    """
+    commands = apex_settings.topic("commands")
+    group = f"{apex_settings.topic_prefix}orchestrator"
+    first = Orchestrator(apex_settings, commit_hints=False)
+    task = asyncio.create_task(first.run())
+    async with ApexClient(apex_settings) as client:
+        await client.register(CHAIN)
+        run_ids = [await client.start_run("chain5", {"n": n}) for n in range(12)]
+
+        async def all_dispatched() -> bool:
+            assert not task.done(), task
+            histories = await read_events(apex_settings)
+            return all(len(histories.get(r, ())) >= 2 for r in run_ids)
+
+        await _until(all_dispatched, "every run started and its first step dispatched")
+        await client._send(commands, "not-a-run", b"\xc3\x01garbage")
+
+        async def dead_lettered() -> bool:
+            return len(await read_dlq(apex_settings)) == 1
+
+        await _until(dead_lettered, "the undecodable command dead-lettered")
+        first.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+        ends = await _end_offsets(apex_settings, commands)
+        committed = await _group_offsets(apex_settings, group)
+        dead_letter_partition = partition_for(b"not-a-run", apex_settings.partitions)
+        assert set(committed) == {TopicPartition(commands, dead_letter_partition)}, committed
+        busy = {tp for tp, end in ends.items() if end > 0} - set(committed)
+        assert busy, "no partition relies on the recorded offset alone"
+        before = await read_events(apex_settings)
+
+        second = Orchestrator(apex_settings, commit_hints=False)
+        task = asyncio.create_task(second.run())
+        try:
+            late = await client.start_run("chain5", {"n": "late"})
+
+            async def late_dispatched() -> bool:
+                assert not task.done(), task
+                return len((await read_events(apex_settings)).get(late, ())) >= 2
+
+            await _until(late_dispatched, "the late run started by the second orchestrator")
+            await asyncio.sleep(1)  # a replay from the start would go on deciding meanwhile
+            assert second.stats.commands == 1, (
+                f"the second orchestrator decided {second.stats.commands} commands: "
+                "it replayed commands the first had already decided"
+            )
+        finally:
+            second.stop()
+            await asyncio.wait_for(task, timeout=30)
+    assert len(await read_dlq(apex_settings)) == 1, "the dead letter was written twice"
+    histories = await read_events(apex_settings)
+    assert {r: histories[r] for r in run_ids} == {r: before[r] for r in run_ids}
+
+
+async def test_the_group_offsets_follow_the_transactions_as_hints(
+    apex_settings: Settings,
+) -> None:
+    """Outside the transactions, the group's offsets still reach the end (lag monitoring)."""
+    commands = apex_settings.topic("commands")
+    group = f"{apex_settings.topic_prefix}orchestrator"
+    orchestrator = Orchestrator(apex_settings)
+    task = asyncio.create_task(orchestrator.run())
+    try:
+        async with ApexClient(apex_settings) as client:
+            await client.register(CHAIN)
+            for n in range(12):
+                await client.start_run("chain5", {"n": n})
+
+        async def caught_up() -> bool:
+            assert not task.done(), task
+            ends = await _end_offsets(apex_settings, commands)
+            committed = await _group_offsets(apex_settings, group)
+            return all(committed.get(tp, 0) == end for tp, end in ends.items())
+
+        await _until(caught_up, "the group's committed offsets at the end of apex.commands")
+    finally:
+        orchestrator.stop()
+        await asyncio.wait_for(task, timeout=30)
