@@ -73,6 +73,8 @@ class Options:
     markdown: Path | None = None
     """Where the Markdown goes; None: RESULTS.md for a full run of everything, else nowhere."""
     warmup: int = 20
+    warm_broker_s: float = 30.0
+    """Seconds of throwaway Apex load before the first end-to-end cell (not with --quick)."""
 
     def levels(self) -> tuple[Level, ...]:
         return QUICK_LEVELS if self.quick else FULL_LEVELS
@@ -176,6 +178,10 @@ def run(options: Options, progress: Progress | None = None) -> dict[str, Any]:
         report["peers"] = peers.status
         if "temporal" in peers.status:
             report["versions"]["temporal"] = peers.status["temporal"].get("version")
+        loaded = any(s.kind in {"e2e", "projection"} for s in scenarios)
+        if loaded and not options.quick and options.warm_broker_s > 0:
+            say(f"warming the broker's JIT up: {options.warm_broker_s:.0f} s of chain5 load")
+            report["broker_warm_up"] = _warm_broker(options, run_dir)
         for scenario in scenarios:
             say(f"{scenario.name}: {scenario.title}")
             if scenario.kind == "external":
@@ -329,6 +335,31 @@ def _e2e(
         "concurrency": level.concurrency,
         "systems": systems,
         "ratios": ratios(systems),
+    }
+
+
+def _warm_broker(options: Options, run_dir: Path) -> dict[str, Any]:
+    """Throwaway load so that the first cell does not pay for the broker's JIT.
+
+    A freshly started broker spends most of its CPU in the JVM's C2 compiler
+    for its first minute or so (measured: the C2 thread was the busiest of
+    the broker during a c=1 cell run right after `apex dev up`), which the first
+    cell (c=1, the most latency-sensitive) paid for and the later ones did not. A
+    broker in service is warm; the peers have no JIT to warm.
+    """
+    seconds = options.warm_broker_s
+    argv = [
+        "benchmarks.apex_e2e", "--shape", "chain5", "--concurrency", "100",
+        "--runs", "1000000", "--max-seconds", str(seconds), "--warmup", "2",
+        "--worker-concurrency", str(options.worker_concurrency), "--json",
+        "--log-dir", str(run_dir / "warm-up"),
+    ]  # fmt: skip
+    figures = _driver(argv, seconds + 300, run_dir / "warm-up", "apex")
+    return {
+        "seconds": seconds,
+        "status": figures.get("status"),
+        "steps": figures.get("steps_completed"),
+        **({"reason": figures["reason"]} if "reason" in figures else {}),
     }
 
 

@@ -196,6 +196,12 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- **{name}**: {version}; Python SDK {sdk}; {detail}.")
         else:
             lines.append(f"- **{name}**: not measured — {status.get('reason')}")
+    if warm := report.get("broker_warm_up"):
+        lines.append(
+            f"- **Broker warm-up**: {warm.get('seconds', 0):.0f} s of throwaway chain5 load "
+            f"({warm.get('steps') or 0:,} steps, {warm.get('status')}) before the first "
+            "cell, so that the JVM's JIT compiler is not billed to it."
+        )
     lines += [
         "",
         "## Targets (DESIGN.md)",

@@ -56,6 +56,15 @@ def bench(
     memory_runs: Annotated[
         int, typer.Option(min=1, help="Active runs of the memory scenario.")
     ] = 10_000,
+    warm_broker_s: Annotated[
+        float,
+        typer.Option(
+            "--warm-broker-s",
+            min=0,
+            help="Seconds of throwaway load before the first end-to-end cell, so that the "
+            "broker's JIT is not billed to it (not with --quick; 0: none).",
+        ),
+    ] = 30.0,
     results_dir: Annotated[
         Path | None, typer.Option(help="Where the JSON goes (default benchmarks/results/).")
     ] = None,
@@ -82,6 +91,7 @@ def bench(
         profile=profile,
         worker_concurrency=worker_concurrency,
         memory_runs=memory_runs,
+        warm_broker_s=warm_broker_s,
         results_dir=results_dir or harness.RESULTS_DIR,
         markdown=markdown,
     )
