@@ -118,6 +118,12 @@ class Settings:
         "A task still running after this many ms is reported started; quicker ones report "
         "only their outcome (0: report every start at once).",
     )
+    worker_linger_ms: int = _setting(
+        "APEX_WORKER_LINGER_MS",
+        0,
+        "Linger of a worker's reports: 0 sends each at once (reports of concurrent tasks "
+        "still share a request while one is in flight); APEX_LINGER_MS is everyone else's.",
+    )
     worker_commit_interval_s: float = _setting(
         "APEX_WORKER_COMMIT_INTERVAL_S",
         1.0,

@@ -114,7 +114,11 @@ class Worker:
 
         A worker runs once: after ``run()`` returns, make a new one.
         """
-        producer = make_producer(self.settings, client_id=f"apex-worker-{self.worker_id}")
+        producer = make_producer(
+            self.settings,
+            client_id=f"apex-worker-{self.worker_id}",
+            linger_ms=self.settings.worker_linger_ms,
+        )
         try:
             await ensure_topics(self.settings, list(self.agents))
             await producer.start()
