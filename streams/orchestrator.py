@@ -360,6 +360,8 @@ class Orchestrator:
 
     def _record_consumed(self, part: _Partition, out: list[_Out], consumed: int) -> bool:
         """Put ``consumed`` on the last event bound for the partition's events partition."""
+        if not self._partitions:
+            return False
         for i in range(len(out) - 1, -1, -1):
             topic, key, value, headers = out[i]
             if (
