@@ -44,11 +44,9 @@ class TaskContext:
         self.timeout_ms = timeout_ms
         """The step's liveness timeout: how long it may go without a sign of life."""
         self.worker_id = worker_id
-        self.cancelled = asyncio.Event()
+        self._cancelled: asyncio.Event | None = None
         self.timed_out = False
-        self.logger: logging.LoggerAdapter[logging.Logger] = _TaskLogger(
-            logging.getLogger(f"apex.agent.{capability}"), {"task": self.task_ref}
-        )
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         self._heartbeat = heartbeat
 
     @classmethod
@@ -71,6 +69,28 @@ class TaskContext:
             worker_id=worker_id,
             heartbeat=heartbeat,
         )
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set when the agent should stop (see the class documentation).
+
+        Made on first use, like :attr:`logger`: most tasks end before anyone looks.
+        """
+        if self._cancelled is None:
+            self._cancelled = asyncio.Event()
+        return self._cancelled
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """The ``apex.agent.<capability>`` logger; each message names the task.
+
+        Made on first use: most tasks never log, and a worker starts thousands a second.
+        """
+        if self._logger is None:
+            self._logger = _TaskLogger(
+                logging.getLogger(f"apex.agent.{self.capability}"), {"task": self.task_ref}
+            )
+        return self._logger
 
     @property
     def task_ref(self) -> str:

@@ -33,7 +33,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
@@ -52,6 +52,7 @@ from apex.domain.messages import TaskDispatch
 from apex.kafka.dlq import DeadLetter
 from apex.telemetry.propagation import TRACE_HEADERS
 from apex.worker.agent import Agent
+from apex.worker.alarms import Alarm, Alarms
 from apex.worker.context import TaskContext
 from apex.worker.errors import DEFAULT_NON_RETRYABLE, describe, is_retryable
 
@@ -103,8 +104,10 @@ class TaskRun:
         grace_s: float,
         started_after_s: float = 0.0,
         non_retryable: tuple[type[BaseException], ...] = DEFAULT_NON_RETRYABLE,
-        headers: Headers | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        alarms: Alarms | None = None,
     ) -> None:
+        """``alarms``: the wake-ups of the worker's attempts (default: this attempt's own)."""
         self.agent = agent
         self.dispatch = dispatch
         self.ctx = TaskContext.from_dispatch(
@@ -119,6 +122,15 @@ class TaskRun:
         self._beats = 0
         self._alive_at = 0.0
         self._beat_task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[Any] | None = None
+        """The task that runs :meth:`run`, and the agent in it."""
+        self._alarms = Alarms() if alarms is None else alarms
+        self._alarm: Alarm | None = None
+        self._started_due = math.inf
+        self._next_beat = math.inf
+        self._timeout_s = math.inf
+        self._starting: asyncio.Future[asyncio.Future[Any]] | None = None
+        self._cancelled_by_deadline = False
         self.outcome: Command | None = None
         """The report sent at the end: ``ReportTaskSucceeded`` or ``ReportTaskFailed``."""
         self.error: BaseException | None = None
@@ -132,26 +144,44 @@ class TaskRun:
 
         Raises whatever the producer raises: a report that cannot be delivered
         must stop the worker, since its offset can never be committed.
+
+        The agent runs in the task that runs this method, and one alarm (see
+        :mod:`apex.worker.alarms`) stands for the delayed start report, the
+        heartbeats and the liveness deadline: with thousands of quick tasks in
+        flight, a task and a sleep for each of these was most of the worker's
+        CPU per step.
         """
-        self._alive_at = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        now = self._alive_at = loop.time()
         self.started_at = time.time()
         since_dispatch = max(0.0, self.started_at - self.dispatch.dispatched_at_ms / 1000)
         reports: list[asyncio.Future[Any]] = []
-        starting: asyncio.Future[asyncio.Future[Any]] | None = None
         delay = self._started_delay(since_dispatch)
         if delay <= 0:
             reports.append(await self._report_started())
         else:
-            starting = asyncio.ensure_future(self._report_started(after_s=delay))
-        outcome = await self._run_agent()
+            self._started_due = now + delay
+        timeout_ms = self.dispatch.timeout_ms
+        self._timeout_s = timeout_ms / 1000 if timeout_ms else math.inf
+        self._next_beat = now + self._heartbeat_s if self._heartbeat_s else math.inf
+        self._arm()
+        try:
+            outcome = await self._run_agent()
+        finally:
+            self._disarm()
         self.finished_at = time.time()
+        starting = self._starting
         if starting is not None:
             starting.cancel()
             await asyncio.wait({starting})  # a start report being queued goes first
             if not starting.cancelled():
                 reports.append(starting.result())
         reports.append(await self._send_outcome(outcome))
-        await asyncio.gather(*reports)
+        for report in reports:
+            await report
 
     def _started_delay(self, since_dispatch: float) -> float:
         timeout_ms = self.dispatch.timeout_ms
@@ -160,10 +190,8 @@ class TaskRun:
         left = timeout_ms / 1000 - since_dispatch
         return max(0.0, min(self._started_after_s, left / 2))
 
-    async def _report_started(self, after_s: float = 0.0) -> asyncio.Future[Any]:
-        """Queue ``ReportTaskStarted`` after ``after_s`` (cancelled if the agent ends first)."""
-        if after_s > 0:
-            await asyncio.sleep(after_s)
+    async def _report_started(self) -> asyncio.Future[Any]:
+        """Queue ``ReportTaskStarted``; return the future of its acknowledgement."""
         sent_at = asyncio.get_running_loop().time()
         future = await self._send(self._report(ReportTaskStarted, "started"))
         self._alive_at = max(self._alive_at, sent_at)
@@ -172,22 +200,38 @@ class TaskRun:
     # -- the agent, supervised ---------------------------------------------------------
 
     async def _run_agent(self) -> Command:
-        work = asyncio.ensure_future(self.agent.invoke(self.dispatch.input, self.ctx))
-        keeper = asyncio.ensure_future(self._keep_alive(work))
+        """Run the agent in this task; its outcome as a report (none if we are stopped)."""
         try:
-            await asyncio.wait({work})
-        finally:
-            keeper.cancel()
-            if self._beat_task is not None:
-                self._beat_task.cancel()
-            if not work.done():  # we are cancelled ourselves: the worker stopped past its grace
-                self.ctx.cancelled.set()
-                work.cancel()
-                await asyncio.wait({work}, timeout=CANCEL_WAIT_S)
-        return self._outcome(work)
+            output = await self.agent.invoke(self.dispatch.input, self.ctx)
+        except asyncio.CancelledError as exc:
+            if self._stopped():
+                self.ctx.cancelled.set()  # for whatever the agent left running
+                raise
+            return self._failed(exc)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            if self._stopped():
+                raise asyncio.CancelledError from exc
+            return self._failed(exc)
+        if self._stopped():  # the agent ignored the cancellation: still no report
+            raise asyncio.CancelledError
+        return self._report(ReportTaskSucceeded, "succeeded", output=output)
 
-    def _outcome(self, work: asyncio.Future[Any]) -> Command:
-        if work.cancelled():
+    def _stopped(self) -> bool:
+        """Whether the task running us was cancelled by someone else than our deadline.
+
+        Our own cancellation (the agent timed out) is taken back with
+        ``uncancel()``, so a stop of the worker at the same moment still counts.
+        """
+        assert self._task is not None
+        if self._cancelled_by_deadline:
+            self._cancelled_by_deadline = False
+            return self._task.uncancel() > 0
+        return self._task.cancelling() > 0
+
+    def _failed(self, exc: BaseException) -> Command:
+        if isinstance(exc, asyncio.CancelledError):
             if self.ctx.timed_out:
                 self.error = TimeoutError(
                     f"no sign of life reached Kafka for {self.dispatch.timeout_ms} ms; "
@@ -197,9 +241,6 @@ class TaskRun:
                 self.error = asyncio.CancelledError("the agent's task was cancelled")
             error = f"{type(self.error).__name__}: {self.error}"
             return self._report(ReportTaskFailed, "failed", error=error, retryable=True)
-        exc = work.exception()
-        if exc is None:
-            return self._report(ReportTaskSucceeded, "succeeded", output=work.result())
         self.error = exc
         retryable = is_retryable(exc, self._non_retryable)
         self.ctx.logger.warning(
@@ -207,36 +248,56 @@ class TaskRun:
         )
         return self._report(ReportTaskFailed, "failed", error=describe(exc), retryable=retryable)
 
-    async def _keep_alive(self, work: asyncio.Future[Any]) -> None:
-        """Heartbeats every ``heartbeat_s``; past the timeout, cancel the agent."""
+    # -- the alarm: start report, heartbeats, liveness deadline ----------------------------
+
+    def _arm(self) -> None:
+        """Wake at the earliest of the start report, the next heartbeat, the deadline."""
+        wake = min(self._started_due, self._next_beat, self._alive_at + self._timeout_s)
+        if wake != math.inf:
+            self._alarm = self._alarms.call_at(wake, self._on_alarm)
+
+    def _on_alarm(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self._heartbeat_s
-        timeout_ms = self.dispatch.timeout_ms
-        timeout = timeout_ms / 1000 if timeout_ms else math.inf
-        next_beat = loop.time() + interval if interval else math.inf
-        while True:
-            deadline = self._alive_at + timeout
-            wake = min(next_beat, deadline)
-            if wake == math.inf:
-                return  # no heartbeats, no timeout: nothing to watch
-            await asyncio.sleep(max(0.0, wake - loop.time()))
-            now = loop.time()
-            if now >= next_beat:
-                next_beat = now + (interval or math.inf)
-                if self._beat_task is None or self._beat_task.done():
-                    self._beat_task = asyncio.ensure_future(self._heartbeat_quietly())
-            elif now >= self._alive_at + timeout:
-                break
+        self._alarm = None
+        now = loop.time()
+        if now >= self._started_due:
+            self._started_due = math.inf
+            self._starting = asyncio.ensure_future(self._report_started())
+        if now >= self._next_beat:
+            self._next_beat = now + (self._heartbeat_s or math.inf)
+            if self._beat_task is None or self._beat_task.done():
+                self._beat_task = asyncio.ensure_future(self._heartbeat_quietly())
+        elif now >= self._alive_at + self._timeout_s:
+            self._time_out(loop)
+            return
+        self._arm()
+
+    def _time_out(self, loop: asyncio.AbstractEventLoop) -> None:
+        """No sign of life reached Kafka in time: signal the agent, cancel it after the grace."""
         self.ctx.timed_out = True
         self.ctx.cancelled.set()
         self.ctx.logger.warning(
             "no sign of life reached Kafka for %d ms: the orchestrator gives this attempt up; "
             "cancelling the agent in %.1f s",
-            timeout_ms,
+            self.dispatch.timeout_ms,
             self._grace_s,
         )
-        await asyncio.sleep(self._grace_s)
-        work.cancel()
+        self._alarm = self._alarms.call_at(loop.time() + self._grace_s, self._cancel_agent)
+
+    def _cancel_agent(self) -> None:
+        self._alarm = None
+        assert self._task is not None
+        self._cancelled_by_deadline = True
+        self._task.cancel()
+
+    def _disarm(self) -> None:
+        """The agent is done: no more alarm, no heartbeat in flight."""
+        if self._alarm is not None:
+            self._alarms.drop(self._alarm)
+            self._alarm = None
+        self._started_due = self._next_beat = self._timeout_s = math.inf
+        if self._beat_task is not None:
+            self._beat_task.cancel()
 
     async def _heartbeat(self) -> None:
         """``ctx.heartbeat()``: report one heartbeat and wait for Kafka to have it."""

@@ -51,8 +51,9 @@ from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import TopologyError, ensure_topics, task_topic
 from apex.telemetry import flags, metrics, tracing
-from apex.telemetry.logs import bind_run
+from apex.telemetry.logs import run_id_var
 from apex.worker.agent import Agent
+from apex.worker.alarms import Alarms
 from apex.worker.errors import DEFAULT_NON_RETRYABLE
 from apex.worker.execution import CANCEL_WAIT_S, Reporter, TaskRun
 from apex.worker.offsets import PartitionOffsets
@@ -223,6 +224,7 @@ class _Lane:
             worker.non_retryable if agent.non_retryable is None else agent.non_retryable
         )
         self._slot_freed = asyncio.Event()
+        self._alarms = Alarms()
         group = worker.group_of(agent.capability)
         self.group = group
         self.consumer: AIOKafkaConsumer = make_consumer(
@@ -283,11 +285,25 @@ class _Lane:
                 continue  # revoked meanwhile: its new owner reads it from the committed offset
             for record in records:
                 offsets.received(record.offset)
-                task = asyncio.create_task(self._process(record, offsets))
-                self.runs[task] = None
-                task.add_done_callback(self._finished)
+                self.runs[asyncio.create_task(self._process(record, offsets))] = None
 
     async def _process(self, record: Any, offsets: PartitionOffsets) -> None:
+        """One dispatch, from its record to its acknowledged outcome; then its slot is free.
+
+        Its own bookkeeping, rather than a done callback: one callback less per step.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            await self._handle(record, task)
+            offsets.done(record.offset)  # only now: its outcome is in Kafka
+        except Exception as exc:  # a report or dead letter not delivered: its offset is stuck
+            self.worker._fail(exc)
+        finally:
+            self.runs.pop(task, None)
+            self._slot_freed.set()
+
+    async def _handle(self, record: Any, task: asyncio.Task[None]) -> None:
         try:
             dispatch = codec.decode_dispatch(record.value)
             if dispatch.capability != self.agent.capability:
@@ -302,15 +318,18 @@ class _Lane:
                     await self._dead_letter(record, exc)
             else:
                 await self._dead_letter(record, exc)
+            return
+        # The logs of this dispatch carry its run id. Each dispatch has a task of its
+        # own, hence a context of its own: set, never reset (cheaper than bind_run).
+        run_id_var.set(dispatch.run_id)
+        if flags.TRACING:
+            await self._execute_traced(record, dispatch, task)
         else:
-            with bind_run(dispatch.run_id):
-                if flags.TRACING:
-                    await self._execute_traced(record, dispatch)
-                else:
-                    await self._execute(self._task_run(dispatch, list(record.headers or ())))
-        offsets.done(record.offset)  # only now: its outcome is in Kafka
+            await self._execute(self._task_run(dispatch, record.headers), task)
 
-    def _task_run(self, dispatch: TaskDispatch, headers: list[tuple[str, bytes]]) -> TaskRun:
+    def _task_run(
+        self, dispatch: TaskDispatch, headers: Iterable[tuple[str, bytes]] | None
+    ) -> TaskRun:
         return TaskRun(
             self.agent,
             dispatch,
@@ -320,11 +339,10 @@ class _Lane:
             grace_s=self.worker.grace_s,
             non_retryable=self._non_retryable,
             headers=headers,
+            alarms=self._alarms,
         )
 
-    async def _execute(self, run: TaskRun) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    async def _execute(self, run: TaskRun, task: asyncio.Task[None]) -> None:
         self.runs[task] = run
         await run.run()
         if isinstance(run.outcome, ReportTaskSucceeded):
@@ -334,7 +352,9 @@ class _Lane:
         if flags.METRICS:
             self._measure(run)
 
-    async def _execute_traced(self, record: Any, dispatch: TaskDispatch) -> None:
+    async def _execute_traced(
+        self, record: Any, dispatch: TaskDispatch, task: asyncio.Task[None]
+    ) -> None:
         """The attempt inside its span; the reports carry the span's context."""
         attributes = {
             tracing.RUN_ID: dispatch.run_id,
@@ -344,7 +364,7 @@ class _Lane:
         }
         with tracing.consumer_span(record, group=self.group, attributes=attributes) as span:
             run = self._task_run(dispatch, tracing.headers_of(span))
-            await self._execute(run)
+            await self._execute(run, task)
             outcome = run.outcome
             if isinstance(outcome, ReportTaskFailed):
                 span.set_attribute(tracing.OUTCOME, "failed")
@@ -382,15 +402,6 @@ class _Lane:
         self.worker.stats.dead_letters += 1
         if flags.METRICS:
             metrics.get().dlq.add(1, {"stage": stage})
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self.runs.pop(task, None)
-        self._slot_freed.set()
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is not None:  # a report or dead letter not delivered: its offset is stuck
-            self.worker._fail(error)
 
     def cancel_all(self) -> list[asyncio.Task[None]]:
         """Cancel the tasks in flight: no report, no commit, so they are redelivered."""

@@ -8,6 +8,7 @@ heartbeats on demand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, cast
 
 import pytest
@@ -260,9 +261,74 @@ async def test_cancelled_run_sends_no_outcome_and_signals_the_agent() -> None:
     run = _run(classify, reporter)
     task = asyncio.create_task(run.run())
     await asyncio.wait_for(started.wait(), WAIT_S)
+    run.ctx.cancelled.set()  # as the worker's shutdown does (_Lane.cancel_all), then:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
     assert [type(c) for c in reporter.sent] == [ReportTaskStarted]
     assert seen == {"cancelled_flag": True}
+
+
+async def test_a_stop_during_the_timeout_cancellation_still_sends_no_outcome() -> None:
+    """The agent runs in the attempt's own task: the deadline's cancellation of it
+    must not hide a stop of the worker arriving at the same time."""
+
+    @agent("classify")
+    async def classify(input: Any, ctx: TaskContext) -> Any:
+        try:
+            await asyncio.sleep(WAIT_S * 10)
+        except asyncio.CancelledError:
+            assert ctx.timed_out
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # the worker stops meanwhile
+            raise
+
+    reporter = FakeReporter(heartbeats_fail=True)
+    run = _run(classify, reporter, timeout_ms=50, heartbeat_s=0.01, grace_s=0.01)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run.run(), WAIT_S)
+
+    assert not [c for c in reporter.sent if isinstance(c, (ReportTaskSucceeded, ReportTaskFailed))]
+
+
+async def test_an_agent_that_ignores_the_stop_still_sends_no_outcome() -> None:
+    started = asyncio.Event()
+
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(WAIT_S * 10)
+        return "finished anyway"
+
+    reporter = FakeReporter()
+    run = _run(classify, reporter, started_after_s=60.0)
+    task = asyncio.create_task(run.run())
+    await asyncio.wait_for(started.wait(), WAIT_S)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert reporter.sent == []
+
+
+async def test_an_agent_that_outlives_its_timeout_cancellation_reports_its_output() -> None:
+    """As when the agent ran in a task of its own: what it returns is its outcome."""
+
+    @agent("classify")
+    async def classify(input: Any) -> Any:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(WAIT_S * 10)
+        await asyncio.sleep(0)  # and it goes on awaiting: no cancellation left pending
+        return "late"
+
+    reporter = FakeReporter(heartbeats_fail=True)
+    run = _run(classify, reporter, timeout_ms=50, heartbeat_s=0.01, grace_s=0.01)
+    await asyncio.wait_for(run.run(), WAIT_S)
+
+    succeeded = reporter.sent[-1]
+    assert isinstance(succeeded, ReportTaskSucceeded)
+    assert succeeded.output == "late"
+    assert run.ctx.timed_out
