@@ -175,6 +175,8 @@ class Orchestrator:
         self._parts: dict[TopicPartition, _Partition] = {}
         self._lock = asyncio.Lock()
         self._task_topics: set[str] = set()
+        self._task_topic_names: dict[str, str] = {}
+        """Each capability's task topic, checked and named once (not per dispatch)."""
         self._stopping = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -509,7 +511,10 @@ class Orchestrator:
         out: list[_Out] = []
         for message in outbound(state, events):
             if isinstance(message, TaskDispatch):
-                topic = task_topic(self.settings, message.capability)
+                topic = self._task_topic_names.get(message.capability)
+                if topic is None:
+                    topic = task_topic(self.settings, message.capability)
+                    self._task_topic_names[message.capability] = topic
                 dispatch_headers = headers
                 if span is not None:  # the worker's span will be this one's child
                     dispatch_headers = tracing.send_span(

@@ -123,24 +123,27 @@ class _Decision:
     def now(self) -> int:
         return self.command.issued_at_ms
 
+    def begin(self, started: ev.RunStarted) -> None:
+        """The run begins with ``started``; raises as folding it does (see :func:`_start`)."""
+        run = evolve(None, started)
+        assert run is not None, "RunStarted always leaves a state"
+        self.run = RunDraft(run)
+        self.events.append(started)
+
     def emit(self, event_type: type[E], **fields: Any) -> E:
+        """Emit the run's next event (after :meth:`begin`, or on a given run) and fold it."""
         command = self.command
-        if self.given is None and not self.events:  # RunStarted: the run begins
-            started = False
-            seq, correlation_id = 1, command.correlation_id or command.run_id
-        else:
-            started = True
-            seq, correlation_id = self.run.seq + 1, self.run.correlation_id
+        run = self.run
         event: E = _NEW_EVENT[event_type](
-            command.run_id, seq, command.command_id, correlation_id, command.issued_at_ms, **fields
+            command.run_id,
+            run.seq + 1,
+            command.command_id,
+            run.correlation_id,
+            command.issued_at_ms,
+            **fields,
         )
         self.events.append(event)
-        if started:
-            self.run.apply(event)
-        else:
-            run = evolve(None, event)
-            assert run is not None, "only a refusal without a run leaves no state"
-            self.run = RunDraft(run)
+        run.apply(event)
         return event
 
     def reject(self, reason: str) -> None:
@@ -231,12 +234,18 @@ def _start(
             ], None
     d = _Decision(None, c)
     try:
-        d.emit(
-            ev.RunStarted,
-            definition=definition,
-            input=c.input,
-            idempotency_key=c.idempotency_key,
-            jitter_seed=c.jitter_seed,
+        d.begin(
+            ev.RunStarted(
+                run_id=c.run_id,
+                seq=1,
+                causation_id=c.command_id,
+                correlation_id=c.correlation_id or c.run_id,
+                occurred_at_ms=c.issued_at_ms,
+                definition=definition,
+                input=c.input,
+                idempotency_key=c.idempotency_key,
+                jitter_seed=c.jitter_seed,
+            )
         )
     except ValueError as exc:
         # Folding RunStarted orders the steps (graph.topological_order): a cycle, an

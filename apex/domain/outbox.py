@@ -9,10 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from apex.domain import events as ev
+from apex.domain.frozen import constructor
 from apex.domain.messages import RunResult, StepResult, TaskDispatch
 from apex.domain.state import RunState
 
 Outbound = TaskDispatch | RunResult | StepResult
+
+# A dispatch for nearly every step: built like the events (:mod:`apex.domain.frozen`),
+# by field name as the dataclasses are, without their frozen ``__init__``.
+_new_dispatch = constructor(TaskDispatch)
+_new_run_result = constructor(RunResult)
+_new_step_result = constructor(StepResult)
 
 _RUN_STATUS = {
     ev.RunCompleted: "completed",
@@ -30,7 +37,7 @@ def outbound(state: RunState | None, events: Sequence[ev.Event]) -> list[Outboun
     for event in events:
         if isinstance(event, ev.StepDispatched):
             out.append(
-                TaskDispatch(
+                _new_dispatch(
                     run_id=event.run_id,
                     step_id=event.step_id,
                     attempt=event.attempt,
@@ -46,7 +53,7 @@ def outbound(state: RunState | None, events: Sequence[ev.Event]) -> list[Outboun
             if definition.step(event.step_id).publish:
                 succeeded = isinstance(event, ev.StepSucceeded)
                 out.append(
-                    StepResult(
+                    _new_step_result(
                         run_id=event.run_id,
                         definition=definition.key,
                         step_id=event.step_id,
@@ -60,7 +67,7 @@ def outbound(state: RunState | None, events: Sequence[ev.Event]) -> list[Outboun
                 )
         elif isinstance(event, ev.RunCompleted | ev.RunFailed | ev.RunCancelled):
             out.append(
-                RunResult(
+                _new_run_result(
                     run_id=event.run_id,
                     definition=definition.key,
                     status=_RUN_STATUS[type(event)],

@@ -238,18 +238,19 @@ class RunDraft:
         """
         if event.run_id != self.run_id:
             raise FoldError(f"event of run {event.run_id} applied to run {self.run_id}")
-        if event.seq == 0 and isinstance(event, ev.CommandRejected):
-            return False
-        if event.seq != self.seq + 1:
+        seq = event.seq
+        if seq != self.seq + 1:
+            if seq == 0 and isinstance(event, ev.CommandRejected):
+                return False
             raise FoldError(
-                f"run {self.run_id}: event seq {event.seq} does not follow {self.seq} "
+                f"run {self.run_id}: event seq {seq} does not follow {self.seq} "
                 f"({type(event).__name__})"
             )
         rule = _APPLY.get(type(event))
         if rule is None:
             raise FoldError(f"no evolve rule for {type(event).__name__}")
         rule(self, event)
-        self.seq = event.seq
+        self.seq = seq
         return True
 
     def freeze(self) -> RunState:
@@ -264,10 +265,11 @@ class RunDraft:
     def drop_timers(self, step_id: str, purposes: frozenset[str]) -> None:
         """Forget the step's pending timers for ``purposes`` (they no longer matter)."""
         timers = self.timers
-        for timer_id in [
-            k for k, t in timers.items() if t.step_id == step_id and t.purpose in purposes
-        ]:
-            del timers[timer_id]
+        # A copy of the (few) entries to walk, not a comprehension: in 3.11 that is
+        # a function call of its own, on every dispatch and every success.
+        for timer_id, timer in list(timers.items()):
+            if timer.step_id == step_id and timer.purpose in purposes:
+                del timers[timer_id]
 
 
 # -- one rule per event type ---------------------------------------------------------

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from apex import codec
+from apex.avro_compiled import _write_long
 from apex.codec import CodecError
 from apex.domain.commands import COMMAND_TYPES, Command, ReportTaskFailed, StartRun
 from apex.domain.definition_format import definition_from_dict, definition_to_dict
@@ -562,6 +563,26 @@ def test_a_value_that_is_not_json_cannot_be_encoded() -> None:
     event = dataclasses.replace(_example(StepSucceeded), output={"x": math.nan})
     with pytest.raises(CodecError, match=r"cannot encode StepSucceeded as apex\.StepSucceeded"):
         codec.encode_event(event)
+
+
+_VARINT_EDGES = sorted(
+    {
+        value
+        for bits in range(0, 64, 7)
+        for value in (v * sign for v in ((1 << bits) - 1, 1 << bits, (1 << bits) + 1)
+                      for sign in (1, -1))
+        if -(1 << 63) <= value < 1 << 63
+    }
+    | {-(1 << 63), (1 << 63) - 1, 1_763_740_800_000}
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("value", _VARINT_EDGES)
+def test_compiled_long_is_the_varint_fastavro_writes(value: int) -> None:
+    """Every length of varint (each 7-bit boundary, both signs) as fastavro writes it."""
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", value)
+    assert _write_long(value) == out.getvalue()
 
 
 def test_a_long_out_of_range_cannot_be_encoded() -> None:
