@@ -28,7 +28,9 @@ twice. The next owner resumes at the later of the two. The group's committed
 offset is also refreshed outside the transactions about once a second and when
 a partition is released — only a hint for lag monitoring and for a quicker
 resume: commands after it that yielded nothing yield nothing again from the
-same state.
+same state. A hint is committed between transactions, never during one: one
+landing after a later dead-letter-only transaction's offsets would take the
+group back before them, and those dead letters would be written again.
 
 A transaction that fails stops the orchestrator with an error: it is never
 logged and skipped. Bad input (undecodable bytes, a key that is not the run id,
@@ -161,7 +163,6 @@ class Orchestrator:
         transaction (tests use it to prove that a resume needs only the log)."""
         self.settings = settings
         self._commit_hints = commit_hints
-        self._hint_task: asyncio.Task[None] | None = None
         self._next_hint = 0.0
         self._partitions = 0
         self.group = f"{settings.topic_prefix}orchestrator"
@@ -212,7 +213,8 @@ class Orchestrator:
                     if work:
                         await asyncio.gather(*work)
                 if self._commit_hints and time.monotonic() >= self._next_hint:
-                    self._hint()
+                    async with self._lock:  # between transactions (module documentation)
+                        await self._hint()
         finally:
             await self._shutdown()
 
@@ -221,8 +223,6 @@ class Orchestrator:
 
     async def _shutdown(self) -> None:
         telemetry_metrics.forget_active_runs(self)
-        if self._hint_task is not None:
-            await asyncio.gather(self._hint_task, return_exceptions=True)
         if self._consumer is not None:
             telemetry_metrics.unwatch_consumer(self._consumer)
             await self._consumer.stop()  # revokes: producers are closed by the listener
@@ -377,18 +377,16 @@ class Orchestrator:
 
     # -- the group's offsets: hints only ---------------------------------------------------
 
-    def _hint(self) -> None:
-        """Commit the offsets that moved since the last hint, in the background."""
+    async def _hint(self) -> None:
+        """Commit the offsets that moved since the last hint; hold ``_lock``."""
         self._next_hint = time.monotonic() + HINT_S
-        if self._hint_task is not None and not self._hint_task.done():
-            return
         moved = {
             tp: part.consumed
             for tp, part in self._parts.items()
             if part.consumed is not None and part.consumed != part.hinted
         }
         if moved:
-            self._hint_task = asyncio.create_task(self._commit_hint(moved))
+            await self._commit_hint(moved)
 
     async def _commit_hint(self, offsets: Mapping[TopicPartition, int | None]) -> None:
         wanted = {tp: offset for tp, offset in offsets.items() if offset is not None}
