@@ -9,6 +9,11 @@ earliest wake-up that is still wanted.
 
 A wake-up runs at its time or a little later (never earlier), in the context
 (:mod:`contextvars`) it was set in, like a callback of ``loop.call_at``.
+
+A dropped wake-up stays in the heap until it comes to the top, which for a
+far deadline (a quick step with an hour's timeout and no start report) is an
+hour away: when dropped entries are most of a large heap, it is rebuilt
+without them, so the heap follows the attempts in flight.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("apex.worker")
+
+COMPACT_AT = 1024
+"""Dropped alarms a heap may hold before it is compacted (when they are most of it)."""
 
 Alarm = list[Any]
 """``[when, sequence, callback, context]``; a dropped alarm's callback is None.
@@ -37,6 +45,8 @@ class Alarms:
         self._heap: list[Alarm] = []
         self._sequence = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
+        self._dropped = 0
+        """Dropped alarms still in the heap."""
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Alarm:
         """Call ``callback()`` at loop time ``when``, unless :meth:`drop` comes first."""
@@ -46,10 +56,17 @@ class Alarms:
             self._arm(asyncio.get_running_loop())
         return alarm
 
-    @staticmethod
-    def drop(alarm: Alarm) -> None:
-        """Forget ``alarm``; it stays in the heap until it comes to the top."""
+    def drop(self, alarm: Alarm) -> None:
+        """Forget ``alarm`` (see the module documentation for when it leaves the heap)."""
+        if alarm[2] is None:
+            return
         alarm[2] = alarm[3] = None
+        self._dropped += 1
+        if self._dropped > COMPACT_AT and 2 * self._dropped > len(self._heap):
+            # In place: _ring may be walking this very list (a callback can drop).
+            self._heap[:] = [entry for entry in self._heap if entry[2] is not None]
+            heapq.heapify(self._heap)
+            self._dropped = 0
 
     def __len__(self) -> int:
         """Alarms not yet called or dropped (for tests)."""
@@ -59,6 +76,7 @@ class Alarms:
         heap = self._heap
         while heap and heap[0][2] is None:  # dropped ones never cost a wake-up
             heapq.heappop(heap)
+            self._dropped -= 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -71,9 +89,12 @@ class Alarms:
         now = loop.time()
         heap = self._heap
         while heap and heap[0][0] <= now:
-            _, _, callback, context = heapq.heappop(heap)
+            entry = heapq.heappop(heap)
+            callback, context = entry[2], entry[3]
             if callback is None:
+                self._dropped -= 1
                 continue
+            entry[2] = entry[3] = None  # rung: a later drop() of it changes nothing
             try:
                 context.run(callback)
             except Exception:  # as the loop does with a failing callback: log, go on

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 from collections.abc import Callable
 
-from apex.worker.alarms import Alarms
+from apex.worker.alarms import COMPACT_AT, Alarms
 
 WAIT_S = 5.0
 
@@ -109,3 +109,19 @@ async def test_a_failing_alarm_does_not_stop_the_others() -> None:
     await asyncio.wait_for(done.wait(), WAIT_S)
 
     assert _names(rang) == ["after"]
+
+
+async def test_dropped_far_alarms_do_not_pile_up_in_the_heap() -> None:
+    """Quick attempts with far deadlines: the heap follows the alarms still wanted."""
+    loop = asyncio.get_running_loop()
+    alarms = Alarms()
+    rang: list[str] = []
+    kept = alarms.call_at(loop.time() + 0.01, _ring(rang, "kept"))
+    for _ in range(20 * COMPACT_AT):
+        alarms.drop(alarms.call_at(loop.time() + 3600, _ring(rang, "far")))
+    assert len(alarms._heap) <= 2 * COMPACT_AT + 2
+    assert len(alarms) == 1
+    await asyncio.sleep(0.05)
+    assert _names(rang) == ["kept"]
+    alarms.drop(kept)  # already rung: nothing to forget
+    assert len(alarms) == 0
