@@ -4,7 +4,12 @@ For every partition of ``apex.commands`` it owns, the orchestrator keeps the
 state of that partition's runs (rebuilt from the same partition of
 ``apex.events`` when it gets the partition) and, per batch of commands, runs the
 pure decider and in ONE Kafka transaction appends the events, sends task
-dispatches and results, and commits the consumed offsets.
+dispatches and results, and commits the consumed offsets. Each partition is
+decided by a task of its own, one transaction after another, at its own pace:
+a slow transaction on one partition holds up no other, and what arrives while a
+transaction is in flight makes that partition's next batch. What waits is
+bounded: a partition's fetching pauses while ``BACKLOG_BATCHES`` batches of its
+commands wait.
 
 Why not faust's ``exactly_once`` mode: it logs, rather than raises, failed
 begin/commit calls and has open duplicate-on-rebalance issues (#323, #517). Why
@@ -91,6 +96,8 @@ CONSUMED_HEADER = "apex.consumed"
 """On a transaction's last event: the offset of the next command of its partition (ASCII)."""
 HINT_S = 1.0
 """How often the group's committed offsets are refreshed from the transactions' own."""
+BACKLOG_BATCHES = 4
+"""A partition's fetching pauses while this many batches of its commands wait."""
 
 
 class TransactionFailed(RuntimeError):
@@ -110,6 +117,16 @@ class _Partition:
     """The offset of the next command, as the last committed transaction recorded it."""
     hinted: int | None = None
     """The offset last committed to the group outside a transaction."""
+    pending: list[Any] = field(default_factory=list)
+    """Commands fetched and not yet decided (at most one batch's worth is being decided)."""
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held for a transaction and for a hint: a hint never lands inside a transaction."""
+    paused: bool = False
+    """Fetching paused: ``pending`` reached the backlog bound."""
+    released: bool = False
+    next_hint: float = 0.0
+    driver: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -174,7 +191,7 @@ class Orchestrator:
         self._catalog = DefinitionCatalog(settings)
         self._consumer: AIOKafkaConsumer | None = None
         self._parts: dict[TopicPartition, _Partition] = {}
-        self._lock = asyncio.Lock()
+        self._failure: Exception | None = None
         self._task_topics: set[str] = set()
         self._task_topic_names: dict[str, str] = {}
         """Each capability's task topic, checked and named once (not per dispatch)."""
@@ -198,23 +215,17 @@ class Orchestrator:
         log.info("orchestrator %s started (group %s)", self.instance, self.group)
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(
+                fetched = await consumer.getmany(
                     timeout_ms=100, max_records=self.settings.orchestrator_batch
                 )
-                async with self._lock:
-                    # Each partition has its own transactional producer: their
-                    # transactions commit concurrently (a commit is several broker
-                    # round trips; one after another they bounded the throughput).
-                    work = [
-                        self._process(self._parts[tp], records)
-                        for tp, records in batch.items()
-                        if records and tp in self._parts
-                    ]
-                    if work:
-                        await asyncio.gather(*work)
+                for tp, records in fetched.items():
+                    part = self._parts.get(tp)
+                    if part is not None and records:
+                        self._enqueue(consumer, part, records)
+                if self._failure is not None:
+                    raise self._failure
                 if self._commit_hints and time.monotonic() >= self._next_hint:
-                    async with self._lock:  # between transactions (module documentation)
-                        await self._hint()
+                    await self._hint_idle()
         finally:
             await self._shutdown()
 
@@ -225,11 +236,9 @@ class Orchestrator:
         telemetry_metrics.forget_active_runs(self)
         if self._consumer is not None:
             telemetry_metrics.unwatch_consumer(self._consumer)
-            await self._consumer.stop()  # revokes: producers are closed by the listener
+            await self._consumer.stop()  # revokes: partitions are released by the listener
             self._consumer = None
-        for part in list(self._parts.values()):
-            await part.producer.stop()
-        self._parts.clear()
+        await self._release(list(self._parts))
         await self._catalog.stop()
 
     # -- partition ownership ------------------------------------------------------------
@@ -250,9 +259,9 @@ class Orchestrator:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, start)
-            self._parts[tp] = _Partition(
-                tp, producer, runs, chains, roots, consumed=start, hinted=committed
-            )
+            part = _Partition(tp, producer, runs, chains, roots, consumed=start, hinted=committed)
+            part.driver = asyncio.create_task(self._drive(part), name=f"decide {tp.partition}")
+            self._parts[tp] = part
             log.info(
                 "partition %d acquired: %d runs rebuilt, commands from offset %s "
                 "(recorded with the events: %s, committed to the group: %s)",
@@ -264,14 +273,19 @@ class Orchestrator:
             )
 
     async def _release(self, tps: Sequence[TopicPartition]) -> None:
-        async with self._lock:  # waits for a batch of these partitions to commit
-            for tp in tps:
-                part = self._parts.pop(tp, None)
-                if part is not None:
-                    if self._commit_hints:  # the next owner resumes without replaying
-                        await self._commit_hint({tp: part.consumed})
-                    await part.producer.stop()
-                    log.info("partition %d released", tp.partition)
+        for tp in tps:
+            part = self._parts.pop(tp, None)
+            if part is None:
+                continue
+            async with part.lock:  # waits for the partition's transaction in flight
+                part.released = True
+                if self._commit_hints:  # the next owner resumes without replaying
+                    await self._commit_hint({tp: part.consumed})
+            if part.driver is not None:
+                part.driver.cancel()
+                await asyncio.gather(part.driver, return_exceptions=True)
+            await part.producer.stop()
+            log.info("partition %d released", tp.partition)
 
     async def _rebuild(
         self, partition: int
@@ -316,6 +330,45 @@ class Orchestrator:
         return _retired(runs), chains, roots, recorded
 
     # -- one batch, one transaction ---------------------------------------------------------
+
+    def _enqueue(self, consumer: AIOKafkaConsumer, part: _Partition, records: list[Any]) -> None:
+        """Hand fetched commands to their partition's driver; bound what waits."""
+        part.pending += records
+        part.arrived.set()
+        if (
+            not part.paused
+            and len(part.pending) >= BACKLOG_BATCHES * self.settings.orchestrator_batch
+        ):
+            consumer.pause(part.tp)
+            part.paused = True
+
+    async def _drive(self, part: _Partition) -> None:
+        """Decide one partition's commands, one transaction after another.
+
+        Each partition goes at its own pace: a partition whose transaction is
+        slow holds up no other (a batch for all of them waited for the slowest),
+        and what arrives meanwhile makes its next batch.
+        """
+        size = self.settings.orchestrator_batch
+        while True:
+            await part.arrived.wait()
+            part.arrived.clear()
+            while part.pending:
+                async with part.lock:
+                    if part.released:
+                        return
+                    records = part.pending[:size]
+                    del part.pending[:size]
+                    try:
+                        await self._process(part, records)
+                    except Exception as exc:
+                        self._failure = exc  # run() raises it and stops
+                        return
+                    if self._commit_hints and time.monotonic() >= part.next_hint:
+                        await self._hint([part])
+                if part.paused and len(part.pending) <= size and self._consumer is not None:
+                    self._consumer.resume(part.tp)
+                    part.paused = False
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         producer = part.producer
@@ -377,16 +430,31 @@ class Orchestrator:
 
     # -- the group's offsets: hints only ---------------------------------------------------
 
-    async def _hint(self) -> None:
-        """Commit the offsets that moved since the last hint; hold ``_lock``."""
+    async def _hint(self, parts: Sequence[_Partition]) -> None:
+        """Commit the offsets of ``parts`` that moved since their last hint; hold their locks."""
+        next_hint = time.monotonic() + HINT_S
+        for part in parts:
+            part.next_hint = next_hint
+        await self._commit_hint(
+            {part.tp: part.consumed for part in parts if part.consumed != part.hinted}
+        )
+
+    async def _hint_idle(self) -> None:
+        """Hints for the partitions not deciding now (the busy ones hint between their
+        transactions, in :meth:`_drive`)."""
         self._next_hint = time.monotonic() + HINT_S
-        moved = {
-            tp: part.consumed
-            for tp, part in self._parts.items()
-            if part.consumed is not None and part.consumed != part.hinted
-        }
-        if moved:
-            await self._commit_hint(moved)
+        idle = [
+            part
+            for part in self._parts.values()
+            if not part.lock.locked() and part.consumed != part.hinted
+        ]
+        for part in idle:  # free locks: taken without yielding, so none is taken meanwhile
+            await part.lock.acquire()
+        try:
+            await self._hint(idle)
+        finally:
+            for part in idle:
+                part.lock.release()
 
     async def _commit_hint(self, offsets: Mapping[TopicPartition, int | None]) -> None:
         wanted = {tp: offset for tp, offset in offsets.items() if offset is not None}

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,14 @@ async def read_results(settings: Settings) -> list[RunResult | StepResult]:
 
 async def read_dlq(settings: Settings) -> list[Any]:
     return await _read_all(settings, settings.topic("dlq"))
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
+        await asyncio.sleep(0.1)
 
 
 def of_type(history: Iterable[ev.Event], kind: type[ev.Event]) -> list[Any]:

@@ -11,7 +11,6 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from tests.integration.runtime import (
     read_results,
     spawn,
     stop,
+    until,
 )
 
 RUNS = 60
@@ -181,15 +181,6 @@ async def _end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, i
         await consumer.stop()
 
 
-async def _until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
-        await asyncio.sleep(0.2)
-
-
 async def test_a_new_owner_resumes_where_the_events_recorded_without_the_group_offset(
     apex_settings: Settings,
 ) -> None:
@@ -213,13 +204,13 @@ async def test_a_new_owner_resumes_where_the_events_recorded_without_the_group_o
             histories = await read_events(apex_settings)
             return all(len(histories.get(r, ())) >= 2 for r in run_ids)
 
-        await _until(all_dispatched, "every run started and its first step dispatched")
+        await until(all_dispatched, "every run started and its first step dispatched")
         await client._send(commands, "not-a-run", b"\xc3\x01garbage")
 
         async def dead_lettered() -> bool:
             return len(await read_dlq(apex_settings)) == 1
 
-        await _until(dead_lettered, "the undecodable command dead-lettered")
+        await until(dead_lettered, "the undecodable command dead-lettered")
         first.stop()
         await asyncio.wait_for(task, timeout=30)
 
@@ -240,7 +231,7 @@ async def test_a_new_owner_resumes_where_the_events_recorded_without_the_group_o
                 assert not task.done(), task
                 return len((await read_events(apex_settings)).get(late, ())) >= 2
 
-            await _until(late_dispatched, "the late run started by the second orchestrator")
+            await until(late_dispatched, "the late run started by the second orchestrator")
             await asyncio.sleep(1)  # a replay from the start would go on deciding meanwhile
             assert second.stats.commands == 1, (
                 f"the second orchestrator decided {second.stats.commands} commands: "
@@ -274,7 +265,7 @@ async def test_the_group_offsets_follow_the_transactions_as_hints(
             committed = await _group_offsets(apex_settings, group)
             return all(committed.get(tp, 0) == end for tp, end in ends.items())
 
-        await _until(caught_up, "the group's committed offsets at the end of apex.commands")
+        await until(caught_up, "the group's committed offsets at the end of apex.commands")
     finally:
         orchestrator.stop()
         await asyncio.wait_for(task, timeout=30)
