@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import aiokafka.producer.sender as sender
 from aiokafka.partitioner import DefaultPartitioner
 
 from apex.config import Settings
-from apex.kafka.clients import _partitioner, make_producer
+from apex.kafka.clients import _partitioner, make_producer, partition_for
 
 
 def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
@@ -19,6 +20,22 @@ def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
             expected = DefaultPartitioner()(key, partitions, partitions)
             assert _partitioner(key, partitions, partitions) == expected
             assert _partitioner(key, partitions, partitions) == expected  # from memory
+
+
+async def test_the_producer_places_keyed_records_as_kafkas_default_partitioner() -> None:
+    producer = make_producer(Settings.from_env({}))
+    keys = [f"run-{n}".encode() for n in range(300)]
+    for count in (1, 6, 7):
+        producer._metadata._partitions["t"] = {p: SimpleNamespace(leader=1) for p in range(count)}
+        assert producer._metadata.partitions_for_topic("t") == set(range(count))
+        partitions = list(range(count))
+        for key in keys:
+            placed = producer._partition("t", None, key, b"v", key, b"v")
+            assert placed == DefaultPartitioner()(key, partitions, partitions)
+            assert placed == partition_for(key, count)
+    assert producer._partition("t", 3, b"k", b"v", b"k", b"v") == 3  # an explicit partition
+    assert producer._partition("t", None, None, b"v", None, b"v") in range(7)  # keyless
+    await producer.stop()
 
 
 def test_a_keyless_record_goes_to_an_available_partition() -> None:
