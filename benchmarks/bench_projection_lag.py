@@ -7,7 +7,7 @@ A producer process appends synthetic events (``synthetic_log.py``: real decider
 output, 200 runs interleaved per partition, 6 partitions) at ``--rate`` events/s
 — 12,000/s is the DESIGN throughput target's 3,000 steps/s at about four events
 per step — while this process runs the live projector (``streams/projector.py``,
-statement backend, one PostgreSQL transaction per partition batch) into a fresh
+statement backend, one PostgreSQL transaction per poll) into a fresh
 schema. An event's lag is the time from its record timestamp (set when the
 producer sent it) to the COMMIT of the transaction that applied it. Target
 (DESIGN.md): p99 < 250 ms. The topic and schema are dropped afterwards. Needs
@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import resource
 import sys
 import time
 import uuid
@@ -115,11 +116,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             target=_produce, args=(settings, settings.topic("events"), total, args.rate)
         )
         started = time.perf_counter()
+        cpu_before = _cpu_seconds()
         producer.start()
         await asyncio.get_running_loop().run_in_executor(None, producer.join)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(projector.all_applied.wait(), timeout=120)
         elapsed = time.perf_counter() - started
+        cpu_s = _cpu_seconds() - cpu_before
     finally:
         projector.stop()
         await task
@@ -146,8 +149,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "batches": projector.stats.batches,
         "events_per_batch": round(projector.stats.events / max(1, projector.stats.batches), 1),
         "seconds": round(elapsed, 1),
+        # Load-independent: the projector process's own CPU (the producer is a
+        # child process, not counted) per event it applied.
+        "projector_cpu_s": round(cpu_s, 2),
+        "cpu_us_per_event": round(cpu_s / max(1, len(projector.lags_s)) * 1e6, 1),
+        "events_per_cpu_s": round(len(projector.lags_s) / cpu_s) if cpu_s else 0,
         "machine": machine(),
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process alone (the producer child is not in RUSAGE_SELF)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def _produce(settings: Settings, topic: str, total: int, rate: int) -> None:
@@ -200,8 +214,9 @@ def print_table(report: dict[str, Any]) -> None:
         ),
         caption=(
             f"{report['applied']:,} events in {report['batches']:,} transactions "
-            f"({report['events_per_batch']} per batch); {info['cores']} cores, "
-            f"load {info['load_average']}"
+            f"({report['events_per_batch']} per batch); projector CPU "
+            f"{report['cpu_us_per_event']} µs/event ({report['events_per_cpu_s']:,} events/CPU-s); "
+            f"{info['cores']} cores, load {info['load_average']}"
         ),
     )
     for column in ("p50 ms", "p95 ms", "p99 ms", "max ms"):

@@ -10,8 +10,9 @@ ONE PostgreSQL transaction:
    checkpoint is not where this process left it (a rebuild swapped the schema
    in, another projector moved it), that partition's records are dropped and
    the consumer seeks to it;
-3. the rest is folded — ``project``/``evolve`` over each run's view — and the
-   changed rows are written by one statement (a multi-row upsert per table);
+3. the rest is folded — ``evolve`` over each run's view, one draft per run for
+   the batch (:class:`~apex.projections.rows.ViewFold`) — and the changed rows
+   are written by one statement (a multi-row upsert per table);
 4. each checkpoint moves past its partition's records, in the same
    transaction; COMMIT.
 
@@ -463,20 +464,22 @@ class Projector:
                 unknown[run_id] = event.seq
         if unknown:
             before.update(await self._load(unit, unknown))
-        after: dict[str, r.RunView] = {}
+        # One draft per run for the whole batch (ViewFold): the views in between
+        # are never written, only each run's view after its last event.
+        fold = r.ViewFold(before)
+        apply, index_row = fold.apply, r.index_row_at
         index: list[r.EventIndexRow] = []
         for rec, event in decoded:
             if event.seq == 0:
                 continue  # belongs to no run's history (see apex.projections.rows)
-            run_id = event.run_id
             try:
-                view = r.project(after.get(run_id, before.get(run_id)), event)
+                applied = apply(event)
             except FoldError as exc:
                 dead.append((rec, exc))
                 continue
-            if view is not None:
-                after[run_id] = view
-                index.append(r.index_row_at(event, rec.topic, rec.partition, rec.offset))
+            if applied:
+                index.append(index_row(event, rec.topic, rec.partition, rec.offset))
+        after = fold.freeze()
         return after, r.changes_between(before, after, index), dead
 
     async def _load(

@@ -6,11 +6,13 @@
 2. Each partition of ``apex.events`` is read from its start to the end offset
    taken when the rebuild began (the last stable offset: nothing after it can
    still be aborted), folded in memory through the same
-   :func:`~apex.projections.rows.project` the live projector uses, and written
+   :class:`~apex.projections.rows.ViewFold` the live projector uses, and written
    through the same store port by its bulk backend
    (:class:`~apex.projections.store.CopyProjectionStore`): the event index in
    COPY chunks while reading, then every run, step and approval row, the
-   partition's definition counts and its checkpoint in one transaction.
+   partition's definition counts and its checkpoint in one transaction
+   (:mod:`apex.projections.replay`; with several workers, the first group of
+   partitions in this process and each other group in a spawned one).
 3. ONE transaction locks the live checkpoints (waiting for a live projector's
    batch in flight), renames the live schema to ``<schema>_old_<timestamp>``,
    the new one to ``<schema>``, and drops the old one. A reader sees the old
@@ -46,23 +48,17 @@ from datetime import UTC, datetime
 from queue import Empty
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from apex import codec
 from apex.config import Settings
-from apex.domain.state import FoldError
 from apex.kafka.event_log import EventLogReader
-from apex.projections import rows as r
 from apex.projections.migrate import migrate
+from apex.projections.replay import Counts, init_worker, replay_partitions, worker_main
 from apex.projections.schema import quote_ident
-from apex.projections.store import CopyProjectionStore
 
 __all__ = ["RebuildReport", "rebuild", "swap_schemas"]
 
 log = logging.getLogger("apex.rebuild")
-
-INDEX_CHUNK = 20_000
-"""Event-index rows per COPY while reading (DESIGN facts: COPY peaks with big batches)."""
 
 Progress = Callable[[int, int], None]
 """``on_progress(records_done, records_total)``."""
@@ -126,9 +122,9 @@ async def rebuild(
 
         groups = _groups(sorted(ends), _workers(settings, workers, total, len(ends)))
         if len(groups) <= 1:
-            counts = await _rebuild_partitions(settings, engine, new, topic, ends, progress)
+            counts = await replay_partitions(settings, engine, new, topic, ends, progress)
         else:
-            counts = await _in_processes(settings, new, topic, ends, groups, progress)
+            counts = await _in_processes(settings, engine, new, topic, ends, groups, progress)
         report.events, report.runs, report.skipped = counts
         if swap:
             await swap_schemas(engine, schema, new, keep_old=keep_old, stamp=stamp)
@@ -159,56 +155,45 @@ def _groups(partitions: list[int], workers: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
-_Counts = tuple[int, int, int]
-"""(events read, runs, records skipped)."""
-
-
-async def _rebuild_partitions(
+async def _in_processes(
     settings: Settings,
     engine: AsyncEngine,
     schema: str,
     topic: str,
     ends: dict[int, int],
-    progress: Callable[[int], None],
-) -> _Counts:
-    store = CopyProjectionStore(engine, schema)
-    totals = [0, 0, 0]
-    async with EventLogReader(settings, max_partition_fetch_bytes=4 * 1024 * 1024) as reader:
-        for partition in sorted(ends):
-            counts = await _rebuild_partition(
-                store, reader, topic, partition, ends[partition], progress
-            )
-            totals = [a + b for a, b in zip(totals, counts, strict=True)]
-    return totals[0], totals[1], totals[2]
-
-
-async def _in_processes(
-    settings: Settings,
-    schema: str,
-    topic: str,
-    ends: dict[int, int],
     groups: list[list[int]],
     progress: Callable[[int], None],
-) -> _Counts:
-    """Each group of partitions in a process of its own (spawned: no inherited event loop)."""
+) -> Counts:
+    """The first group of partitions in this process, each other one in a process of its
+    own (spawned: no inherited event loop).
+
+    This process would only wait for the workers otherwise: folding a group
+    here saves a worker's start-up (an interpreter and its imports, about a
+    second of CPU) on the cores the workers and PostgreSQL share.
+    """
     context = multiprocessing.get_context("spawn")
     queue: Any = context.Queue()
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(
-        len(groups), mp_context=context, initializer=_init_worker, initargs=(queue,)
+        len(groups) - 1, mp_context=context, initializer=init_worker, initargs=(queue,)
     ) as pool:
-        futures = [
+        futures: list[asyncio.Future[Counts]] = [
             loop.run_in_executor(
-                pool, _worker_main, settings, schema, topic, {p: ends[p] for p in group}
+                pool, worker_main, settings, schema, topic, {p: ends[p] for p in group}
             )
-            for group in groups
+            for group in groups[1:]
         ]
-        pending = set(futures)
+        here = asyncio.ensure_future(
+            replay_partitions(
+                settings, engine, schema, topic, {p: ends[p] for p in groups[0]}, progress
+            )
+        )
+        pending: set[asyncio.Future[Counts]] = {here, *futures}
         while pending:
             _, pending = await asyncio.wait(pending, timeout=0.2)
             _drain(queue, progress)
         _drain(queue, progress)
-        results = [f.result() for f in futures]
+        results = [f.result() for f in (here, *futures)]
     return (
         sum(c[0] for c in results),
         sum(c[1] for c in results),
@@ -222,77 +207,6 @@ def _drain(queue: Any, progress: Callable[[int], None]) -> None:
             progress(queue.get_nowait())
         except Empty:
             return
-
-
-_QUEUE: Any = None
-
-
-def _init_worker(queue: Any) -> None:
-    global _QUEUE
-    _QUEUE = queue
-
-
-def _worker_main(settings: Settings, schema: str, topic: str, ends: dict[int, int]) -> _Counts:
-    async def main() -> _Counts:
-        engine = create_async_engine(settings.sqlalchemy_url)
-        try:
-            return await _rebuild_partitions(settings, engine, schema, topic, ends, _QUEUE.put)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
-async def _rebuild_partition(
-    store: CopyProjectionStore,
-    reader: EventLogReader,
-    topic: str,
-    partition: int,
-    end: int,
-    progress: Callable[[int], None],
-) -> _Counts:
-    views: dict[str, r.RunView] = {}
-    chunk: list[r.EventIndexRow] = []
-    writing: asyncio.Task[None] | None = None
-    position = 0
-    read = skipped = 0
-    project, index_row, decode = r.project, r.index_row_at, codec.decode_event
-    async for records in reader.scan(topic, partition, None, end):
-        for rec in records:
-            try:
-                event = decode(rec.value)
-                if event.seq == 0:
-                    continue
-                view = project(views.get(event.run_id), event)
-            except (codec.CodecError, FoldError) as exc:
-                skipped += 1
-                log.warning("%s[%d]@%d skipped: %s", topic, partition, rec.offset, exc)
-                continue
-            if view is not None:
-                views[event.run_id] = view
-                chunk.append(index_row(event, topic, partition, rec.offset))
-        read += len(records)
-        progress(records[-1].offset + 1 - max(position, records[0].offset))
-        position = records[-1].offset + 1
-        if len(chunk) >= INDEX_CHUNK:
-            if writing is not None:
-                await writing  # one COPY in flight while the next chunk is folded
-            writing = asyncio.create_task(_write(store, r.Changes(events=chunk)))
-            chunk = []
-    if writing is not None:
-        await writing
-    progress(max(0, end - position))
-    changes = r.changes_between({}, views, chunk)
-    async with store.transaction() as unit:
-        locked = await unit.lock_checkpoint(topic, partition)
-        await unit.write(changes)
-        await unit.advance(topic, partition, locked, end)
-    return read, len(views), skipped
-
-
-async def _write(store: CopyProjectionStore, changes: r.Changes) -> None:
-    async with store.transaction() as unit:
-        await unit.write(changes)
 
 
 async def swap_schemas(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,22 @@ from apex.projections import rows as r
 from benchmarks.synthetic_log import SCENARIOS, definition, play
 
 ALL = sorted(set(SCENARIOS))
+
+_GHOST_REFUSAL = ev.CommandRejected(
+    run_id="ghost",
+    seq=0,
+    causation_id="c",
+    correlation_id="",
+    occurred_at_ms=1,
+    command_type="ApproveStep",
+    reason="unknown",
+)
+"""A refusal of a command for a run that never started: part of no run's history."""
+
+_RUNS = st.lists(st.sampled_from(ALL), min_size=1, max_size=5)
+"""Scenarios of the runs interleaved in one log."""
+_CUTS = st.lists(st.integers(min_value=1, max_value=150), max_size=8)
+"""Where that log is cut into batches."""
 
 
 def test_from_ms_is_exact() -> None:
@@ -70,26 +87,10 @@ def test_an_approval_pending_when_the_run_is_cancelled_is_cancelled() -> None:
 
 
 def test_a_refusal_without_a_run_changes_no_view() -> None:
-    refusal = ev.CommandRejected(
-        run_id="ghost",
-        seq=0,
-        causation_id="c",
-        correlation_id="",
-        occurred_at_ms=1,
-        command_type="ApproveStep",
-        reason="unknown",
-    )
+    refusal = _GHOST_REFUSAL
     assert r.project(None, refusal) is None
     view = r.fold_views(play("ok", "run-1"))["run-1"]
-    again = ev.CommandRejected(
-        run_id="run-1",
-        seq=0,
-        causation_id="c",
-        correlation_id="",
-        occurred_at_ms=1,
-        command_type="StartRun",
-        reason="x",
-    )
+    again = replace(_GHOST_REFUSAL, run_id="run-1", command_type="StartRun", reason="x")
     assert r.project(view, again) is view
 
 
@@ -100,6 +101,26 @@ def test_changes_of_a_new_run_hold_every_row() -> None:
     assert len(changes.steps) == len(definition("approved").steps)
     assert [a.status for a in changes.approvals] == ["granted"]
     assert changes.counts == [r.DefinitionCountRow("synthetic-approved", 1, 1, 0, 1, 0, 0)]
+
+
+def _interleaved(scenarios: list[str]) -> list[ev.Event]:
+    histories = [play(s, f"run-{i}") for i, s in enumerate(scenarios)]
+    log: list[ev.Event] = []
+    while any(histories):
+        for history in histories:
+            if history:
+                log.append(history.pop(0))
+    return log
+
+
+def _cancelled_while_pending(run_id: str) -> list[ev.Event]:
+    history = play("approved", run_id)
+    asked = next(i for i, e in enumerate(history) if isinstance(e, ev.ApprovalRequested))
+    events = history[: asked + 1]
+    cancel = cmd.CancelRun(
+        command_id="x", run_id=run_id, issued_at_ms=2_000_000_000_000, reason="withdrawn"
+    )
+    return events + list(decide(fold(events), cancel))
 
 
 def _apply(tables: dict[str, dict[Any, Any]], changes: r.Changes) -> None:
@@ -119,21 +140,13 @@ def _apply(tables: dict[str, dict[Any, Any]], changes: r.Changes) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    scenarios=st.lists(st.sampled_from(ALL), min_size=1, max_size=5),
-    cuts=st.lists(st.integers(min_value=1, max_value=150), max_size=8),
-)
+@given(scenarios=_RUNS, cuts=_CUTS)
 def test_batches_add_up_to_the_rows_of_the_whole_fold(
     scenarios: list[str], cuts: list[int]
 ) -> None:
     # Runs interleaved in one log, cut into batches anywhere: applying each
     # batch's changes gives the rows of the whole fold, counts included.
-    histories = [play(s, f"run-{i}") for i, s in enumerate(scenarios)]
-    log: list[ev.Event] = []
-    while any(histories):
-        for history in histories:
-            if history:
-                log.append(history.pop(0))
+    log = _interleaved(scenarios)
     bounds = sorted({c for c in cuts if c < len(log)} | {0, len(log)})
     tables: dict[str, dict[Any, Any]] = {"runs": {}, "steps": {}, "approvals": {}, "counts": {}}
     views: dict[str, r.RunView] = {}
@@ -163,3 +176,49 @@ def test_a_view_refuses_a_gap_like_evolve() -> None:
     view = r.fold_views(events[:3])["run-1"]
     with pytest.raises(FoldError, match="does not follow"):
         r.project(view, events[4])
+
+
+@settings(max_examples=60, deadline=None)
+@given(scenarios=_RUNS, cuts=_CUTS)
+def test_a_view_fold_gives_what_project_gives_event_by_event(
+    scenarios: list[str], cuts: list[int]
+) -> None:
+    # The projector and the rebuild fold a batch with ViewFold (one draft per
+    # run), audit verify with project (one view per event): they must agree on
+    # every batch boundary, and a fold must never change the views it starts from.
+    log = _interleaved(scenarios) + _cancelled_while_pending("run-c")
+    bounds = sorted({c for c in cuts if c < len(log)} | {0, len(log)})
+    by_event: dict[str, r.RunView] = {}
+    by_fold: dict[str, r.RunView] = {}
+    for lo, hi in itertools.pairwise(bounds):
+        before = dict(by_fold)
+        kept = {run_id: (view, view.state.steps.copy()) for run_id, view in before.items()}
+        fold_ = r.ViewFold(before)
+        for event in log[lo:hi]:
+            assert fold_.apply(event)
+            view = r.project(by_event.get(event.run_id), event)
+            assert view is not None
+            by_event[event.run_id] = view
+        after = fold_.freeze()
+        assert after.keys() == {e.run_id for e in log[lo:hi]}
+        by_fold.update(after)
+        assert by_fold == by_event
+        for run_id, (view, steps) in kept.items():
+            assert before[run_id] is view and view.state.steps == steps
+
+
+def test_an_event_that_does_not_fold_leaves_its_run_as_it_was() -> None:
+    # The projector dead-letters such an event and applies the rest of its batch.
+    events = play("retry", "run-1")
+    start = r.fold_views(events[:3])
+    fold_ = r.ViewFold(start)
+    assert fold_.apply(events[3])
+    with pytest.raises(FoldError, match="does not follow"):
+        fold_.apply(events[5])
+    with pytest.raises(FoldError, match="before RunStarted"):
+        fold_.apply(play("ok", "run-2")[1])
+    for event in events[4:]:
+        assert fold_.apply(event)
+    assert fold_.freeze() == r.fold_views(events)
+    assert "run-2" not in r.ViewFold(start)
+    assert r.ViewFold().apply(events[0]) and not r.ViewFold().apply(_GHOST_REFUSAL)
