@@ -246,11 +246,12 @@ async def run(args: Any) -> dict[str, Any]:
 
 
 def _broker_pid(settings: Settings) -> int | None:
-    """The local Kafka broker of this stack (the JVM whose config is under APEX_HOME)."""
-    home = str(settings.home)
+    """The local Kafka broker of this stack: the JVM started with its ``server.properties``
+    (not any JVM with APEX_HOME in an argument: another broker may share its jars)."""
+    config = str(settings.home / "kafka" / "server.properties")
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if "kafka.Kafka" in cmdline and any(home in arg for arg in cmdline):
+        if "kafka.Kafka" in cmdline and config in cmdline:
             return int(proc.pid)
     return None
 

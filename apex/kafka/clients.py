@@ -10,8 +10,8 @@ Two things aiokafka does on every record that Apex pays for a great deal:
   id is the key of every record of its run — and gives the same partitions as
   Kafka's Java clients;
 - it rebuilds the topic's partition set (twice, as sets and lists) to place
-  every record (~10 % of the orchestrator's CPU): :class:`_Producer` places a
-  keyed record from the partition count alone;
+  every record: :class:`_Producer` places a keyed record from the partition
+  count alone (3.9 -> 0.4 µs a record; ~4 % of the orchestrator's CPU per step);
 - after a transaction, the next one's first request often meets
   CONCURRENT_TRANSACTIONS while the broker still writes the last one's markers,
   and aiokafka retries it after a fixed 20 ms (``BACKOFF_OVERRIDE``,
