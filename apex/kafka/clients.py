@@ -53,7 +53,25 @@ def _partitioner(key: bytes | None, all_partitions: list[int], available: list[i
 
 
 class _Producer(AIOKafkaProducer):  # type: ignore[misc]
-    """aiokafka's producer, placing a keyed record without rebuilding the topic's partitions."""
+    """aiokafka's producer, placing a keyed record without rebuilding the topic's partitions.
+
+    ``send`` first asks the client for the topic's partitions, which builds a
+    set of them per record (~5 % of the orchestrator's CPU at 1,000 runs); for a
+    known topic the client's own table answers, as a set-like view.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        client = self.client
+        wait_on_metadata = client._wait_on_metadata
+
+        async def known_or_wait(topic: str) -> Any:
+            partitions = client.cluster._partitions.get(topic)
+            if partitions is not None:
+                return partitions.keys()
+            return await wait_on_metadata(topic)
+
+        client._wait_on_metadata = known_or_wait
 
     def _partition(
         self,

@@ -38,6 +38,16 @@ async def test_the_producer_places_keyed_records_as_kafkas_default_partitioner()
     await producer.stop()
 
 
+async def test_the_producer_asks_for_a_known_topics_partitions_without_a_round_trip() -> None:
+    producer = make_producer(Settings.from_env({}))
+    producer._metadata._partitions["t"] = {p: SimpleNamespace(leader=1) for p in range(3)}
+    assert set(await producer.client._wait_on_metadata("t")) == {0, 1, 2}
+    assert await producer.partitions_for("t") == producer._metadata.partitions_for_topic("t")
+    producer._metadata._partitions["t"] = {p: SimpleNamespace(leader=1) for p in range(5)}
+    assert set(await producer.partitions_for("t")) == {0, 1, 2, 3, 4}  # follows metadata updates
+    await producer.stop()
+
+
 def test_a_keyless_record_goes_to_an_available_partition() -> None:
     assert {_partitioner(None, [0, 1, 2], [2]) for _ in range(20)} == {2}
     assert _partitioner(None, [0, 1, 2], []) in {0, 1, 2}
