@@ -101,10 +101,14 @@ def _throughput(report: dict[str, Any]) -> Verdict:
 
 def _projection_lag(report: dict[str, Any]) -> Verdict:
     data = _external(report, "projection-lag")
-    p99 = _leaf(data, r"projection_lag\.p99_ms$") or _leaf(data, r"p99_ms$")
+    p99 = _leaf(data, r"projection_lag\.p99_ms$") or _leaf(data, r"^lag\.p99_ms$")
+    if p99 is None:
+        p99 = _leaf(data, r"p99_ms$")
     if p99 is None:
         return _not_measured(report, "projection-lag")
-    return (f"p99 {p99:.0f} ms", p99 < 250)
+    # A JSON from before --projectors (no count in it) was one projector process.
+    projectors = data.get("projectors", 1) if "lag" in data else None
+    return (f"p99 {p99:.0f} ms{_processes(projectors, 'projector')}", p99 < 250)
 
 
 def _rebuild(report: dict[str, Any]) -> Verdict:
@@ -112,7 +116,14 @@ def _rebuild(report: dict[str, Any]) -> Verdict:
     rate = _leaf(data, r"events_per_s$")
     if rate is None:
         return _not_measured(report, "rebuild")
-    return (f"{rate:,.0f} events/s", rate >= 50_000)
+    return (f"{rate:,.0f} events/s{_processes(data.get('best_workers'), 'worker')}", rate >= 50_000)
+
+
+def _processes(count: int | None, kind: str) -> str:
+    """How many processes a figure used, as the targets table says it."""
+    if count is None:
+        return ""
+    return f" ({count} {kind} process{'es' if count != 1 else ''})"
 
 
 def _audit(report: dict[str, Any]) -> Verdict:
