@@ -350,25 +350,24 @@ class Orchestrator:
         and what arrives meanwhile makes its next batch.
         """
         size = self.settings.orchestrator_batch
-        while True:
-            await part.arrived.wait()
-            part.arrived.clear()
-            while part.pending:
-                async with part.lock:
-                    if part.released:
-                        return
-                    records = part.pending[:size]
-                    del part.pending[:size]
-                    try:
+        try:
+            while True:
+                await part.arrived.wait()
+                part.arrived.clear()
+                while part.pending:
+                    async with part.lock:
+                        if part.released:
+                            return
+                        records = part.pending[:size]
+                        del part.pending[:size]
                         await self._process(part, records)
-                    except Exception as exc:
-                        self._failure = exc  # run() raises it and stops
-                        return
-                    if self._commit_hints and time.monotonic() >= part.next_hint:
-                        await self._hint([part])
-                if part.paused and len(part.pending) <= size and self._consumer is not None:
-                    self._consumer.resume(part.tp)
-                    part.paused = False
+                        if self._commit_hints and time.monotonic() >= part.next_hint:
+                            await self._hint([part])
+                    if part.paused and len(part.pending) <= size and self._consumer is not None:
+                        self._consumer.resume(part.tp)  # still assigned: not released
+                        part.paused = False
+        except Exception as exc:  # a failed transaction (or a bug): run() raises it and stops
+            self._failure = exc
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         producer = part.producer
