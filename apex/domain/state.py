@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 from apex.domain import events as ev
@@ -221,7 +222,8 @@ class RunDraft:
         self.seq = s.seq
         self.status = s.status
         self.steps = dict(s.steps)
-        self.timers = dict(s.timers)
+        timers = s.timers
+        self.timers = {} if timers is _NO_TIMERS else dict(timers)
         self.order = s.order
         self.step_defs = s.step_defs
         self.signals = s.signals
@@ -255,10 +257,12 @@ class RunDraft:
 
     def freeze(self) -> RunState:
         """The state the draft is now; the draft is done (the state owns its maps)."""
+        # Most runs wait with no timer: they share one empty map (see _NO_TIMERS).
+        timers = self.timers or _NO_TIMERS
         return _new_run(
             self.run_id, self.definition, self.input, self.idempotency_key, self.jitter_seed,
             self.correlation_id, self.start_command_id, self.started_at_ms, self.seq,
-            self.status, self.steps, self.timers, self.order, self.step_defs, self.signals,
+            self.status, self.steps, timers, self.order, self.step_defs, self.signals,
             self.signal_command_ids, self.outputs, self.error, self.finished_at_ms,
         )  # fmt: skip
 
@@ -286,36 +290,83 @@ _new_timer = constructor(PendingTimer)
 
 
 def _step_changed(old: StepState, **changes: Any) -> StepState:
-    """``replace(old, **changes)`` for the hot path (see above)."""
+    """``replace(old, **changes)`` for the hot path (see above); a plain state is shared."""
     assert changes.keys() <= _STEP_FIELDS, f"StepState has no {changes.keys() - _STEP_FIELDS}"
     get = changes.get
-    return _new_step(
-        get("status", old.status),
-        get("attempt", old.attempt),
-        get("input", old.input),
-        get("output", old.output),
-        get("error", old.error),
-        get("worker_id", old.worker_id),
-        get("last_activity_ms", old.last_activity_ms),
-        get("approval_granted", old.approval_granted),
-        get("gate", old.gate),
-        get("signal_payload", old.signal_payload),
-        get("started_at_ms", old.started_at_ms),
-        get("finished_at_ms", old.finished_at_ms),
+    return _shared_if_plain(
+        _new_step(
+            get("status", old.status),
+            get("attempt", old.attempt),
+            get("input", old.input),
+            get("output", old.output),
+            get("error", old.error),
+            get("worker_id", old.worker_id),
+            get("last_activity_ms", old.last_activity_ms),
+            get("approval_granted", old.approval_granted),
+            get("gate", old.gate),
+            get("signal_payload", old.signal_payload),
+            get("started_at_ms", old.started_at_ms),
+            get("finished_at_ms", old.finished_at_ms),
+        )
     )
+
+
+# -- what runs share -------------------------------------------------------------------
+#
+# An active run costs the orchestrator memory for as long as it waits (DESIGN.md:
+# < 2 KB a run at 10,000 runs). What is the same in every run is one object that
+# they all point at, never a copy per run: the definition and what is derived from
+# it (``step_graph``), the empty maps and sets, and the step states that carry
+# nothing of their run. Sharing is safe only because nothing is ever changed in
+# place: states are frozen, the draft copies a state's maps before it writes
+# (``RunDraft.__init__``), and the shared empty map is read-only.
+
+_NO_TIMERS: Mapping[str, PendingTimer] = MappingProxyType({})
+"""The timers of every run that has none (a read-only view: it cannot be filled)."""
+_NO_STEPS: Mapping[str, StepState] = MappingProxyType({})
+_NO_STEP_DEFS: Mapping[str, StepDefinition] = MappingProxyType({})
+"""A retired run's (see ``retire``)."""
+_NO_SIGNAL_IDS: frozenset[str] = frozenset()
+"""CPython makes a new object of every ``frozenset()`` (216 bytes); runs share this one."""
+
+_NOT_STARTED = StepState()
+"""Every step's state before it is scheduled; one object, as it is frozen."""
+_PLAIN: dict[tuple[StepStatus, bool, GateWhen | None], StepState] = {
+    (_PENDING, False, None): _NOT_STARTED
+}
+"""Step states that say nothing of their run — a status, the gate asked and whether it
+was granted, every other field at its default — one object per combination."""
+_SCHEDULED_FIRST = _PLAIN.setdefault(
+    (_SCHEDULED, False, None), _new_step(_SCHEDULED, 0, None, None, None, "", None, False)
+)
+"""A step scheduled for the first time (from ``_NOT_STARTED``): most steps, in every run."""
+
+
+def _shared_if_plain(step: StepState) -> StepState:
+    """The shared object equal to ``step`` when it says nothing of its run, else ``step``."""
+    if (
+        step.attempt == 0
+        and step.last_activity_ms is None
+        and step.input is None
+        and step.output is None
+        and step.error is None
+        and step.worker_id == ""
+        and step.signal_payload is None
+        and step.started_at_ms is None
+        and step.finished_at_ms is None
+    ):
+        return _PLAIN.setdefault((step.status, step.approval_granted, step.gate), step)
+    return step
 
 
 def _started(e: ev.RunStarted) -> RunState:
     graph = step_graph(e.definition)
     return _new_run(
         e.run_id, e.definition, e.input, e.idempotency_key, e.jitter_seed, e.correlation_id,
-        e.causation_id, e.occurred_at_ms, 1, RunStatus.RUNNING, dict(graph.not_started), {},
-        graph.order, graph.step_defs, (), frozenset(), None, None, None,
+        e.causation_id, e.occurred_at_ms, 1, RunStatus.RUNNING, dict(graph.not_started),
+        _NO_TIMERS, graph.order, graph.step_defs, (), _NO_SIGNAL_IDS, None, None, None,
     )  # fmt: skip
 
-
-_NOT_STARTED = StepState()
-"""Every step's state before it is scheduled; one object, as it is frozen."""
 
 @dataclass(frozen=True, slots=True)
 class StepGraph:
@@ -395,6 +446,9 @@ def _run_cancelled(d: RunDraft, e: ev.RunCancelled) -> None:
 
 def _step_scheduled(d: RunDraft, e: ev.StepScheduled) -> None:
     o = d.steps[e.step_id]
+    if o is _NOT_STARTED:
+        d.steps[e.step_id] = _SCHEDULED_FIRST
+        return
     d.steps[e.step_id] = _new_step(
         _SCHEDULED, o.attempt, o.input, o.output, o.error, o.worker_id,
         o.last_activity_ms, o.approval_granted, o.gate, o.signal_payload, o.started_at_ms,
@@ -572,10 +626,11 @@ def retire(state: RunState) -> RunState:
         started_at_ms=state.started_at_ms,
         seq=state.seq,
         status=state.status,
-        steps={},
-        timers={},
+        steps=_NO_STEPS,
+        timers=_NO_TIMERS,
         order=(),
-        step_defs={},
+        step_defs=_NO_STEP_DEFS,
+        signal_command_ids=_NO_SIGNAL_IDS,
         error=state.error,
         finished_at_ms=state.finished_at_ms,
     )
