@@ -1,14 +1,16 @@
 """One run's history, read from the log itself — Kafka, not the read models.
 
 The event index says where each of the run's events is (topic, partition,
-offset); :func:`run_history` reads exactly those records, seeking to the first
-and stopping after the last (:meth:`EventLogReader.read_offsets`), so its cost
-follows the run's size, not the log's (DESIGN target: < 100 ms at any log size).
+offset); :func:`run_history` reads exactly those records, from the first to the
+last, decoding only the record batches that hold them
+(:func:`apex.audit.offsets.fetch_offsets`), so its cost follows the run's size,
+not the log's (DESIGN target: < 100 ms at any log size).
 The read models only point; every event shown is decoded from the log's bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from apex import codec
+from apex.audit.offsets import fetch_offsets
 from apex.chain import chain_of
 from apex.config import Settings
 from apex.domain.definition_format import definition_to_dict
@@ -73,7 +76,7 @@ class RunHistory:
     run_id: str
     events: list[LoggedEvent]
     records_read: int
-    """Records the Kafka consumer handed over to read them (the run's and any read through)."""
+    """Records read to reach them: the run's and any read through between close ones."""
     fetches: int
 
     @property
@@ -125,20 +128,27 @@ async def run_history(
     log = reader or EventLogReader(settings)
     if own:
         await log.start()
-    before_records, before_fetches = log.stats.records, log.stats.fetches
+    seek_gap = settings.audit_seek_gap if gap is None else gap
     try:
-        records: list[Any] = []
-        for (topic, partition), offsets in places.items():
-            records.extend(await log.read_offsets(topic, partition, offsets, gap=gap))
+        # A run lives in one partition as a rule; if not, partitions go at once too.
+        reads = await asyncio.gather(
+            *(
+                fetch_offsets(log, topic, partition, offsets, gap=seek_gap)
+                for (topic, partition), offsets in places.items()
+            )
+        )
     finally:
         if own:
             await log.stop()
-    events = sorted((LoggedEvent.from_record(rec) for rec in records), key=lambda e: e.event.seq)
+    events = sorted(
+        (LoggedEvent.from_record(rec) for records, _, _ in reads for rec in records),
+        key=lambda e: e.event.seq,
+    )
     return RunHistory(
         run_id,
         events,
-        log.stats.records - before_records,
-        log.stats.fetches - before_fetches,
+        sum(read for _, read, _ in reads),
+        sum(fetches for _, _, fetches in reads),
     )
 
 
