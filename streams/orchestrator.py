@@ -80,7 +80,13 @@ from apex.domain.events import Event
 from apex.domain.messages import RunResult, StepResult, TaskDispatch
 from apex.domain.outbox import outbound
 from apex.domain.state import RunState, evolve, retire
-from apex.kafka.clients import make_consumer, make_producer, partition_for
+from apex.kafka.clients import (
+    Record,
+    make_consumer,
+    make_producer,
+    partition_for,
+    send_batched,
+)
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import ensure_topics, task_topic
 from apex.telemetry import flags, tracing
@@ -89,7 +95,7 @@ from apex.telemetry.propagation import Headers
 
 log = logging.getLogger("apex.orchestrator")
 
-_Out = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+_Out = Record
 """One record to produce: topic, key, value, headers."""
 
 CONSUMED_HEADER = "apex.consumed"
@@ -383,11 +389,7 @@ class Orchestrator:
             for record in records:
                 out += await handle(part, batch, record)
             recorded = self._record_consumed(part, out, consumed)
-            sends = [
-                await producer.send(topic, value=value, key=key, headers=headers)
-                for topic, key, value, headers in out
-            ]
-            await asyncio.gather(*sends)
+            await asyncio.gather(*await send_batched(producer, out))
             if not recorded:
                 await producer.send_offsets_to_transaction({part.tp: consumed}, self.group)
             await producer.commit_transaction()

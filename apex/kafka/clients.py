@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import aiokafka.producer.sender as _sender
@@ -92,6 +93,42 @@ class _Producer(AIOKafkaProducer):  # type: ignore[misc]
             topic, partition, key, value, serialized_key, serialized_value
         )
         return placed
+
+
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+"""One record to produce: topic, key, value, headers."""
+
+
+async def send_batched(producer: AIOKafkaProducer, records: Iterable[Record]) -> list[Any]:
+    """Send ``records`` as one closed batch per partition; the batches' delivery futures.
+
+    What ``send`` per record costs aiokafka — a future per record, resolved one
+    by one with a metadata object each, and its callbacks (~20 % of the
+    orchestrator's CPU at 1,000 runs) — is paid once per partition. A closed
+    batch does not linger: all of a transaction's batches are queued before the
+    producer's sender runs, so one AddPartitionsToTxn covers them and the
+    Produce follows its answer at once. Records keep their order per partition;
+    a partition's batch that fills up (``max_batch_size``) goes first and a new
+    one follows it.
+    """
+    builders: dict[TopicPartition, Any] = {}
+    futures: list[Any] = []
+    wait_on_metadata = producer.client._wait_on_metadata
+    for topic, key, value, headers in records:
+        await wait_on_metadata(topic)
+        tp = TopicPartition(topic, producer._partition(topic, None, key, value, key, value))
+        builder = builders.get(tp)
+        if builder is None:
+            builder = builders[tp] = producer.create_batch()
+        if builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            builder.close()  # full: it goes, and a new one takes this record on
+            futures.append(await producer.send_batch(builder, tp.topic, partition=tp.partition))
+            builder = builders[tp] = producer.create_batch()
+            builder.append(timestamp=None, key=key, value=value, headers=headers)  # 1st fits
+    for tp, builder in builders.items():
+        builder.close()
+        futures.append(await producer.send_batch(builder, tp.topic, partition=tp.partition))
+    return futures
 
 
 def make_producer(
