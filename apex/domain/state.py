@@ -235,8 +235,9 @@ class RunDraft:
     def apply(self, event: ev.Event) -> bool:
         """Fold ``event`` in; ``False`` when it changes nothing (a refusal with seq 0).
 
-        Raises :class:`FoldError` when it belongs to another run or does not
-        follow (a gap, a duplicate).
+        Raises :class:`FoldError`, leaving the draft as it was, when it belongs
+        to another run, does not follow (a gap, a duplicate) or names a step
+        the run does not have.
         """
         if event.run_id != self.run_id:
             raise FoldError(f"event of run {event.run_id} applied to run {self.run_id}")
@@ -251,6 +252,13 @@ class RunDraft:
         rule = _APPLY.get(type(event))
         if rule is None:
             raise FoldError(f"no evolve rule for {type(event).__name__}")
+        step_id = getattr(event, "step_id", None)
+        if step_id is not None and step_id not in self.steps:
+            # Before any rule changes the draft: the run stays as it was.
+            raise FoldError(
+                f"run {self.run_id}: {type(event).__name__} names step {step_id!r}, "
+                "which the run does not have"
+            )
         rule(self, event)
         self.seq = seq
         return True

@@ -222,3 +222,27 @@ def test_an_event_that_does_not_fold_leaves_its_run_as_it_was() -> None:
     assert fold_.freeze() == r.fold_views(events)
     assert "run-2" not in r.ViewFold(start)
     assert r.ViewFold().apply(events[0]) and not r.ViewFold().apply(_GHOST_REFUSAL)
+
+
+def test_an_event_naming_a_step_the_run_lacks_is_refused_and_changes_nothing() -> None:
+    # A SignalReceived's rule records its command id before it touches the step:
+    # the step must be checked first, or the projector's fold crashed (KeyError).
+    events = play("ok", "run-1")
+    start = r.fold_views(events[:2])
+    fold_ = r.ViewFold(start)
+    stray = ev.SignalReceived(
+        run_id="run-1",
+        seq=3,
+        causation_id="signal-1",
+        correlation_id="",
+        occurred_at_ms=5,
+        name="go",
+        payload=None,
+        correlation_key=None,
+        step_id="no-such-step",
+    )
+    with pytest.raises(FoldError, match="no-such-step"):
+        fold_.apply(stray)
+    for event in events[2:]:
+        assert fold_.apply(event)
+    assert fold_.freeze() == r.fold_views(events)
