@@ -37,14 +37,6 @@ same state. A hint is committed between transactions, never during one: one
 landing after a later dead-letter-only transaction's offsets would take the
 group back before them, and those dead letters would be written again.
 
-A partition left idle after a commit begins its next transaction ahead, and
-adds to it the events and task partitions its last one wrote to (2 ms after
-the commit, once the broker has written that one's markers): the next command's
-transaction then goes straight to Produce, one broker round trip less per hop
-when few runs are in flight. Unused for ``AHEAD_IDLE_S``, it is committed empty
-(markers only), well before the broker's transaction timeout would fence the
-producer; it is also ended when the partition is released.
-
 A transaction that fails stops the orchestrator with an error: it is never
 logged and skipped. Bad input (undecodable bytes, a key that is not the run id,
 a decider error) goes to ``apex.dlq`` inside the same transaction and
@@ -66,7 +58,6 @@ commands and events by type and time each decision and each transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -91,12 +82,10 @@ from apex.domain.outbox import outbound
 from apex.domain.state import RunState, evolve, retire
 from apex.kafka.clients import (
     Record,
-    begin_with_partitions,
     make_consumer,
     make_producer,
     partition_for,
     send_batched,
-    transaction_partitions,
 )
 from apex.kafka.dlq import dead_letter
 from apex.kafka.topology import ensure_topics, task_topic
@@ -115,12 +104,6 @@ HINT_S = 1.0
 """How often the group's committed offsets are refreshed from the transactions' own."""
 BACKLOG_BATCHES = 4
 """A partition's fetching pauses while this many batches of its commands wait."""
-AHEAD_AFTER_S = 0.002
-"""An idle partition begins its next transaction this long after a commit (sooner, the
-broker, still writing the last one's markers, answers CONCURRENT_TRANSACTIONS)."""
-AHEAD_IDLE_S = 10.0
-"""A transaction begun ahead and still unused is ended after this long (the broker would
-abort it at ``transaction_timeout_ms`` and fence the producer)."""
 
 
 class TransactionFailed(RuntimeError):
@@ -149,10 +132,6 @@ class _Partition:
     """Fetching paused: ``pending`` reached the backlog bound."""
     released: bool = False
     next_hint: float = 0.0
-    ahead: bool = False
-    """A transaction is open already, its likely partitions added (see :meth:`_begin_ahead`)."""
-    likely: frozenset[TopicPartition] = frozenset()
-    """The events and task partitions the last transaction wrote to."""
     driver: asyncio.Task[None] | None = None
 
 
@@ -199,8 +178,6 @@ class OrchestratorStats:
     transactions: int = 0
     dead_letters: int = 0
     rebuilt_events: int = 0
-    begun_ahead: int = 0
-    """Transactions begun ahead, their partitions added already (`Orchestrator._begin_ahead`)."""
 
 
 class Orchestrator:
@@ -223,8 +200,6 @@ class Orchestrator:
         self._failure: Exception | None = None
         self._task_topics: set[str] = set()
         self._task_topic_names: dict[str, str] = {}
-        self._ahead_topics = {self._events_topic}
-        """Topics whose partitions a transaction begun ahead adds: events and tasks."""
         """Each capability's task topic, checked and named once (not per dispatch)."""
         self._stopping = asyncio.Event()
 
@@ -310,8 +285,6 @@ class Orchestrator:
                 continue
             async with part.lock:  # waits for the partition's transaction in flight
                 part.released = True
-                with contextlib.suppress(TransactionFailed):  # the next owner fences it anyway
-                    await self._end_ahead(part)
                 if self._commit_hints:  # the next owner resumes without replaying
                     await self._commit_hint({tp: part.consumed})
             if part.driver is not None:
@@ -385,15 +358,7 @@ class Orchestrator:
         size = self.settings.orchestrator_batch
         try:
             while True:
-                if part.ahead:
-                    try:
-                        await asyncio.wait_for(part.arrived.wait(), AHEAD_IDLE_S)
-                    except TimeoutError:
-                        async with part.lock:
-                            await self._end_ahead(part)
-                        continue
-                else:
-                    await part.arrived.wait()
+                await part.arrived.wait()
                 part.arrived.clear()
                 while part.pending:
                     async with part.lock:
@@ -404,43 +369,11 @@ class Orchestrator:
                         await self._process(part, records)
                         if self._commit_hints and time.monotonic() >= part.next_hint:
                             await self._hint([part])
-                        if not part.pending and part.likely:
-                            asyncio.get_running_loop().call_later(
-                                AHEAD_AFTER_S, self._begin_ahead, part
-                            )
                     if part.paused and len(part.pending) <= size and self._consumer is not None:
                         self._consumer.resume(part.tp)  # still assigned: not released
                         part.paused = False
         except Exception as exc:  # a failed transaction (or a bug): run() raises it and stops
             self._failure = exc
-
-    def _begin_ahead(self, part: _Partition) -> None:
-        """While a partition is idle, begin its next transaction and add the partitions
-        its last one wrote to: the next command's transaction then skips the
-        AddPartitionsToTxn round trip (one hop at one run in flight is a chain of
-        round trips). Only when nothing is deciding or waiting on it."""
-        if part.ahead or part.released or part.pending or part.lock.locked():
-            return
-        try:
-            begin_with_partitions(part.producer, part.likely)
-        except Exception as exc:  # e.g. fenced: the next transaction says so, and stops
-            log.debug("partition %d: no transaction begun ahead: %r", part.tp.partition, exc)
-            return
-        part.ahead = True
-        part.arrived.set()  # the driver waits again, now with the idle deadline
-
-    async def _end_ahead(self, part: _Partition) -> None:
-        """End a transaction begun ahead and unused (nothing written: only markers); hold
-        the partition's lock."""
-        if not part.ahead:
-            return
-        part.ahead = False
-        try:
-            await part.producer.commit_transaction()
-        except Exception as exc:
-            raise TransactionFailed(
-                f"ending the idle transaction of {part.tp.topic}[{part.tp.partition}]: {exc!r}"
-            ) from exc
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         producer = part.producer
@@ -450,11 +383,7 @@ class Orchestrator:
             started = time.perf_counter()
         consumed = records[-1].offset + 1
         try:
-            if part.ahead:
-                part.ahead = False  # begun already, its likely partitions added
-                self.stats.begun_ahead += 1
-            else:
-                await producer.begin_transaction()
+            await producer.begin_transaction()
             handle = self._handle_traced if flags.TRACING else self._handle
             out: list[_Out] = []
             for record in records:
@@ -463,7 +392,6 @@ class Orchestrator:
             await asyncio.gather(*await send_batched(producer, out))
             if not recorded:
                 await producer.send_offsets_to_transaction({part.tp: consumed}, self.group)
-            written = transaction_partitions(producer)
             await producer.commit_transaction()
         except Exception as exc:
             log.critical(
@@ -474,7 +402,6 @@ class Orchestrator:
                 f"{records[0].offset}..{records[-1].offset} failed: {exc!r}"
             ) from exc
         part.consumed = consumed
-        part.likely = frozenset(tp for tp in written if tp.topic in self._ahead_topics)
         part.runs.update(_retired(batch.runs))
         part.chains.update(batch.chains)
         for run_id, root in batch.trace_roots.items():
@@ -655,7 +582,6 @@ class Orchestrator:
                 if topic is None:
                     topic = task_topic(self.settings, message.capability)
                     self._task_topic_names[message.capability] = topic
-                    self._ahead_topics.add(topic)
                 dispatch_headers = headers
                 if span is not None:  # the worker's span will be this one's child
                     dispatch_headers = tracing.send_span(

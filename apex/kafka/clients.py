@@ -131,25 +131,6 @@ async def send_batched(producer: AIOKafkaProducer, records: Iterable[Record]) ->
     return futures
 
 
-def transaction_partitions(producer: AIOKafkaProducer) -> set[TopicPartition]:
-    """The partitions the producer's open transaction has added (or is adding)."""
-    manager = producer._txn_manager
-    return set(manager._txn_partitions) | set(manager._pending_txn_partitions)
-
-
-def begin_with_partitions(producer: AIOKafkaProducer, tps: Iterable[TopicPartition]) -> None:
-    """Begin a transaction now and add ``tps`` to it ahead of any record (AddPartitionsToTxn
-    goes at once), so the Produce of the transaction's first records need not wait for it.
-
-    The producer must have its id (started) and no transaction open. A partition
-    added and never written to only gets the transaction's marker.
-    """
-    manager = producer._txn_manager
-    manager.begin_transaction()
-    for tp in tps:
-        manager.maybe_add_partition_to_txn(tp)
-
-
 def make_producer(
     settings: Settings, *, transactional_id: str | None = None, **overrides: Any
 ) -> AIOKafkaProducer:

@@ -12,14 +12,12 @@ import asyncio
 import uuid
 from dataclasses import replace
 
-import pytest
 from aiokafka import TopicPartition
 
 from apex.client import ApexClient
 from apex.config import Settings
 from apex.domain import events as ev
 from apex.kafka.clients import partition_for
-from streams import orchestrator as orchestrator_module
 from streams.orchestrator import BACKLOG_BATCHES, Orchestrator
 from tests.integration.runtime import assert_gapless, of_type, read_events, until
 from tests.integration.test_failover import CHAIN
@@ -140,50 +138,6 @@ async def test_a_held_partition_queues_a_bounded_backlog_and_loses_none_of_it(
         for run_id in run_ids:
             assert_gapless(histories[run_id])
             assert len(of_type(histories[run_id], ev.RunStarted)) == 1, run_id
-    finally:
-        orchestrator.stop()
-        await asyncio.wait_for(task, timeout=30)
-
-
-async def test_an_idle_partition_begins_its_next_transaction_ahead_and_ends_it_unused(
-    apex_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(orchestrator_module, "AHEAD_IDLE_S", 1.0)
-    tp = TopicPartition(apex_settings.topic("commands"), 0)
-    first, second = _run_ids_on(apex_settings, 0, 2)
-    orchestrator, task = await _started(apex_settings)
-    try:
-        part = orchestrator._parts[tp]
-        async with ApexClient(apex_settings) as client:
-            await client.register(CHAIN)
-            await client.start_run("chain5", {}, run_id=first)
-
-            async def begun_ahead() -> bool:
-                assert not task.done(), task
-                return part.ahead
-
-            await until(begun_ahead, "a transaction begun ahead after the run's first one")
-            assert TopicPartition(apex_settings.topic("events"), 0) in part.likely
-
-            async def ended() -> bool:
-                assert not task.done(), task
-                return not part.ahead
-
-            await until(ended, "the unused transaction ended after AHEAD_IDLE_S")
-            await asyncio.sleep(0.1)
-            begun_before = orchestrator.stats.begun_ahead
-            await client.start_run("chain5", {}, run_id=second)
-
-            async def decided() -> bool:
-                assert not task.done(), task
-                return second in await _dispatched(apex_settings, [second])
-
-            await until(decided, "a run started after the idle transaction ended")
-            # The run after it was decided in a transaction begun ahead again, or a fresh one.
-            assert orchestrator.stats.begun_ahead >= begun_before
-        histories = await read_events(apex_settings)
-        for run_id in (first, second):
-            assert_gapless(histories[run_id])
     finally:
         orchestrator.stop()
         await asyncio.wait_for(task, timeout=30)
