@@ -347,7 +347,8 @@ def _profile_tables(report: dict[str, Any]) -> list[str]:
     profiles = report.get("profiles") or {}
     if not profiles:
         return []
-    lines = ["", "## Where the CPU goes (py-spy, during the throughput scenario)", ""]
+    heading = "## Where the CPU goes (py-spy, a run of the throughput scenario after the measured)"
+    lines = ["", heading, ""]
     for name, summary in profiles.items():
         if not summary.get("samples"):
             continue
