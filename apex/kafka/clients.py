@@ -113,9 +113,11 @@ async def send_batched(producer: AIOKafkaProducer, records: Iterable[Record]) ->
     """
     builders: dict[TopicPartition, Any] = {}
     futures: list[Any] = []
-    wait_on_metadata = producer.client._wait_on_metadata
+    topics: set[str] = set()
     for topic, key, value, headers in records:
-        await wait_on_metadata(topic)
+        if topic not in topics:  # a topic's metadata once per call, not per record
+            await producer.client._wait_on_metadata(topic)
+            topics.add(topic)
         tp = TopicPartition(topic, producer._partition(topic, None, key, value, key, value))
         builder = builders.get(tp)
         if builder is None:
