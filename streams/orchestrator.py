@@ -246,6 +246,17 @@ class Orchestrator:
             self._consumer = None
         await self._release(list(self._parts))
         await self._catalog.stop()
+        stats = self.stats
+        log.info(
+            "orchestrator %s stopped: %d commands in %d transactions (%.1f a transaction), "
+            "%d events, %d dead letters",
+            self.instance,
+            stats.commands,
+            stats.transactions,
+            stats.commands / max(1, stats.transactions),
+            stats.events,
+            stats.dead_letters,
+        )
 
     # -- partition ownership ------------------------------------------------------------
 
