@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from apex import gcpolicy
 from apex.cli._console import print_error
 from apex.config import Settings
 from apex.worker import WorkerError
@@ -59,6 +60,7 @@ def worker(
     except (LoadError, TypeError, ValueError) as exc:
         print_error(f"apex worker: cannot load {target}", str(exc))
         raise typer.Exit(2) from None
+    gcpolicy.tune_for_service()
     try:
         asyncio.run(run_worker(runner))
     except WorkerError as exc:

@@ -179,9 +179,12 @@ class TaskRun:
             await asyncio.wait({starting})  # a start report being queued goes first
             if not starting.cancelled():
                 reports.append(starting.result())
-        reports.append(await self._send_outcome(outcome))
-        for report in reports:
-            await report
+        try:
+            reports.append(await self._send_outcome(outcome))
+            for report in reports:
+                await report
+        finally:
+            self.ctx._end()  # breaks the cycle TaskRun -> ctx -> heartbeat -> TaskRun
 
     def _started_delay(self, since_dispatch: float) -> float:
         timeout_ms = self.dispatch.timeout_ms

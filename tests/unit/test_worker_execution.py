@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import weakref
 from typing import Any, cast
 
 import pytest
@@ -219,6 +221,37 @@ async def test_heartbeats_are_sent_while_the_agent_runs() -> None:
     succeeded = reporter.sent[-1]
     assert isinstance(succeeded, ReportTaskSucceeded)
     assert succeeded.output == {"cancelled": False}
+
+
+async def test_a_finished_attempt_is_freed_by_reference_counting() -> None:
+    """While the agent runs, the attempt and its context refer to each other (the
+    context's heartbeat is the attempt's); once the outcome is reported the context
+    lets go, so the attempt is freed without the cycle collector, even when the
+    agent kept its context, and a heartbeat after the outcome sends nothing."""
+    kept: list[TaskContext] = []
+
+    @agent("classify")
+    async def classify(input: Any, ctx: TaskContext) -> Any:
+        kept.append(ctx)
+        await ctx.heartbeat()
+        return "done"
+
+    reporter = FakeReporter()
+    run = _run(classify, reporter)
+    gc.disable()
+    try:
+        await asyncio.wait_for(run.run(), WAIT_S)
+        attempt = weakref.ref(run)
+        del run
+        assert attempt() is None
+        await kept[0].heartbeat()
+    finally:
+        gc.enable()
+    assert [type(c) for c in reporter.sent] == [
+        ReportTaskStarted,
+        ReportTaskHeartbeat,
+        ReportTaskSucceeded,
+    ]
 
 
 async def test_task_past_its_timeout_without_a_delivered_heartbeat_is_cancelled() -> None:
