@@ -67,7 +67,7 @@ def run(
     offsets; bad records go to the DLQ with the reason. A new consumer group
     starts at APEX_TRIGGERS_START (latest by default).
     """
-    from apex import telemetry
+    from apex import gcpolicy, telemetry
 
     settings = Settings.from_env()
     telemetry.configure_logging(settings.log_format, log_level.upper())
@@ -81,6 +81,7 @@ def run(
         print_error("apex triggers run: cannot start", str(exc))
         raise typer.Exit(2) from None
     telemetry.setup(settings, "apex-triggers")
+    gcpolicy.tune_for_service()
     try:
         asyncio.run(_run_until_signal(service))
     except TransactionFailed as exc:
