@@ -48,11 +48,23 @@ class DefinitionCatalog:
             await self._read_to_end()
 
     async def _read_to_end(self) -> None:
-        from apex import codec
+        """Read from where the last read stopped to the end as of now.
 
+        Between reads the partitions are paused: an assigned consumer fetches on
+        its own, and this one cost the broker and its process a long poll every
+        ``fetch_max_wait_ms`` (20 ms) for records nobody reads until the next read.
+        """
         consumer = self._consumer
         assert consumer is not None, "DefinitionCatalog.start() first"
-        end = await consumer.end_offsets(self._partitions)
+        consumer.resume(*self._partitions)
+        try:
+            await self._read_until(consumer, await consumer.end_offsets(self._partitions))
+        finally:
+            consumer.pause(*self._partitions)
+
+    async def _read_until(self, consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> None:
+        from apex import codec
+
         while await self._behind(end):
             batch = await consumer.getmany(*self._partitions, timeout_ms=200)
             for records in batch.values():
