@@ -145,6 +145,8 @@ class _Batch:
     """Runs that began (their context) or ended (``None``) in this batch; tracing only."""
     measured: _Measured | None = None
     """With metrics on: what the batch's metrics will count once it commits."""
+    definitions_read: bool = False
+    """The definitions topic was read to its end for this batch (see ``_resolve_definition``)."""
 
 
 @dataclass
@@ -515,7 +517,7 @@ class Orchestrator:
                 )
             state = batch.runs.get(command.run_id) or part.runs.get(command.run_id)
             if isinstance(command, cmd.StartRun) and state is None:
-                command = await self._resolve_definition(command)
+                command = await self._resolve_definition(command, batch)
             if measured is None:
                 events, after = decide_and_evolve(state, command)
             else:
@@ -613,7 +615,19 @@ class Orchestrator:
                 out.append((self._results_topic, key, codec.encode_step_result(message), headers))
         return out
 
-    async def _resolve_definition(self, command: cmd.StartRun) -> cmd.StartRun:
+    async def _resolve_definition(self, command: cmd.StartRun, batch: _Batch) -> cmd.StartRun:
+        """The command with its definition; without a version, the latest registered
+        before its batch was decided.
+
+        The catalog reads the definitions topic only on a miss, so "latest" would
+        otherwise stay the version it knew first: a StartRun without a version
+        sent after registering version 2 ran version 1. Reading the topic to its
+        end costs a round trip when nothing is new, paid once per batch that
+        starts such a run.
+        """
+        if command.definition_version is None and not batch.definitions_read:
+            await self._catalog.refresh()
+            batch.definitions_read = True
         definition = await self._catalog.resolve(
             command.definition_name, command.definition_version
         )

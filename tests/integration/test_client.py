@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -31,6 +32,19 @@ async def test_start_a_run_and_wait_for_its_result(deployment: Deployment) -> No
     run = await eventually(lambda: _finished(client, run_id), what="the run in the read models")
     assert (run.definition, run.status, run.input) == ("wait@1", "completed", {"who": "ada"})
     assert [(s.step_id, s.status, s.attempt) for s in run.steps] == [("greet", "succeeded", 1)]
+
+
+async def test_a_run_without_a_version_starts_the_latest_registered(
+    deployment: Deployment,
+) -> None:
+    client = deployment.client
+    await client.register(hello("evolving"))
+    first = await client.start_run("evolving", {"who": "ada"})
+    assert (await client.wait([first], timeout_s=30))[first].definition == "evolving@1"
+
+    await client.register(replace(hello("evolving"), version=2))
+    second = await client.start_run("evolving", {"who": "ada"})
+    assert (await client.wait([second], timeout_s=30))[second].definition == "evolving@2"
 
 
 async def test_list_runs_filters_and_pages_with_a_cursor(deployment: Deployment) -> None:
