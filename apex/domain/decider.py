@@ -28,6 +28,8 @@ What a command that cannot apply yields:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields
+from heapq import heappop, heappush
 from typing import Any, TypeVar
 
 from apex.domain import commands as cmd
@@ -35,15 +37,16 @@ from apex.domain import events as ev
 from apex.domain.definitions import JSON, FailurePolicy, GateWhen, Ref, StepDefinition
 from apex.domain.errors import DefinitionError
 from apex.domain.frozen import constructor
-from apex.domain.graph import sinks
 from apex.domain.rules import backoff_ms, contract_violations, holds, resolve, resolve_inputs
 from apex.domain.state import (
+    FoldError,
     RunDraft,
     RunState,
     RunStatus,
     StepState,
     StepStatus,
     evolve,
+    fold_rule,
     step_graph,
 )
 
@@ -65,13 +68,6 @@ _SUCCEEDED = StepStatus.SUCCEEDED
 _SKIPPED = StepStatus.SKIPPED
 _FAILED = StepStatus.FAILED
 _CANCELLED = StepStatus.CANCELLED
-
-_NEW_EVENT: dict[type[ev.Event], Callable[..., Any]] = {
-    t: constructor(t) for t in ev.EVENT_TYPES
-}
-"""Each event type's fast constructor (see :mod:`apex.domain.frozen`): the common
-fields by position, then the type's own by name."""
-
 
 def decide(state: RunState | None, command: cmd.Command) -> list[ev.Event]:
     """The events ``command`` causes in the run whose state is ``state``."""
@@ -130,24 +126,8 @@ class _Decision:
         self.run = RunDraft(run)
         self.events.append(started)
 
-    def emit(self, event_type: type[E], **fields: Any) -> E:
-        """Emit the run's next event (after :meth:`begin`, or on a given run) and fold it."""
-        command = self.command
-        run = self.run
-        event: E = _NEW_EVENT[event_type](
-            command.run_id,
-            run.seq + 1,
-            command.command_id,
-            run.correlation_id,
-            command.issued_at_ms,
-            **fields,
-        )
-        self.events.append(event)
-        run.apply(event)
-        return event
-
     def reject(self, reason: str) -> None:
-        self.emit(ev.CommandRejected, command_type=type(self.command).__name__, reason=reason)
+        _emit[ev.CommandRejected](self, command_type=type(self.command).__name__, reason=reason)
 
     def outputs(self) -> Mapping[str, JSON]:
         return _Outputs(self.run.steps)
@@ -189,6 +169,60 @@ _HAS_OUTPUT = frozenset({StepStatus.SUCCEEDED, StepStatus.AWAITING_APPROVAL})
 _NO_OUTPUT: Any = object()
 
 
+# -- emitting an event ------------------------------------------------------------------
+#
+# ``_emit[ev.StepStarted](d, step_id=..., attempt=..., worker_id=...)`` emits the
+# run's next event and folds it into the decision's draft. One function per event
+# type, generated from the type's fields (as dataclasses and
+# :func:`~apex.domain.frozen.constructor` generate theirs): the type's own fields
+# are its parameters, so a call binds them by name without the dict of keyword
+# arguments that a generic ``emit(event_type, **fields)`` builds and spreads
+# again, which was half of emitting an event — and every command emits some.
+#
+# The event is built as the draft's next one — the next ``seq``, and a step the
+# run has (handlers name no other) — so its rule folds it without
+# ``RunDraft.apply``'s checks of those. Only the run id comes from outside (the
+# command): it is checked.
+
+_EMITTER_SOURCE = """\
+def emit(d, {own}):
+    command = d.command
+    run = d.run
+    run_id = command.run_id
+    if run_id != run.run_id:
+        raise FoldError(f"event of run {{run_id}} applied to run {{run.run_id}}")
+    seq = run.seq + 1
+    event = new(run_id, seq, command.command_id, run.correlation_id, command.issued_at_ms, {own})
+    d.events.append(event)
+    rule(run, event)
+    run.seq = seq
+    return event
+"""
+_HEADER = tuple(f.name for f in fields(ev.Event))
+"""The fields every event starts with, which ``emit`` fills from the decision."""
+
+
+def _emitter(event_type: type[E]) -> Callable[..., E]:
+    names = [f.name for f in fields(event_type)]
+    if tuple(names[: len(_HEADER)]) != _HEADER:
+        raise TypeError(f"{event_type.__name__} does not start with the fields of Event")
+    own = ", ".join(names[len(_HEADER) :])
+    new = constructor(event_type)
+    namespace: dict[str, Any] = {"new": new, "rule": fold_rule(event_type), "FoldError": FoldError}
+    exec(_EMITTER_SOURCE.format(own=own), namespace)
+    emit: Callable[..., E] = namespace["emit"]
+    emit.__defaults__ = new.__defaults__  # the defaults of the trailing fields that have one
+    emit.__qualname__ = emit.__name__ = f"emit_{event_type.__name__}"
+    return emit
+
+
+_emit: dict[type[ev.Event], Callable[..., Any]] = {
+    t: _emitter(t) for t in ev.EVENT_TYPES if t is not ev.RunStarted
+}
+"""Each event type's ``emit(decision, **its own fields)`` (a run begins with
+``RunStarted`` by :meth:`_Decision.begin`)."""
+
+
 def _rejection_without_run(command: cmd.Command, reason: str) -> ev.CommandRejected:
     return ev.CommandRejected(
         run_id=command.run_id,
@@ -202,6 +236,9 @@ def _rejection_without_run(command: cmd.Command, reason: str) -> ev.CommandRejec
 
 
 # -- starting and finishing runs ---------------------------------------------------------
+
+_new_run_started = constructor(ev.RunStarted)
+"""``RunStarted``'s fast constructor (:mod:`apex.domain.frozen`): one for every run."""
 
 
 def _start(
@@ -235,7 +272,7 @@ def _start(
     d = _Decision(None, c)
     try:
         d.begin(
-            ev.RunStarted(
+            _new_run_started(
                 run_id=c.run_id,
                 seq=1,
                 causation_id=c.command_id,
@@ -279,12 +316,41 @@ def _on_finished_run(d: _Decision, c: cmd.Command) -> None:
 
 
 def _advance(d: _Decision) -> None:
-    """Schedule every step whose dependencies are done; finish the run when all are."""
+    """Schedule each pending step whose dependencies are done, cancel each one with a
+    dependency that failed or was cancelled; finish the run when every step is finished.
+
+    Only a pending step with a dependency that finished in this decision can have
+    become either: every decision that finishes a step ends here, so no run rests
+    with a pending step that could be scheduled or cancelled (the property tests
+    check it after every command). So the steps looked at are the dependents of
+    each step that this decision's events name and that is now finished — and on a
+    run's start, the steps without dependencies — in topological order (the order
+    of a scan of every step): a step cancelled or skipped here adds its own.
+    """
     run = d.run
     if run.status is not _RUN_RUNNING:  # finished
         return
-    steps = run.steps  # refreshed after each emit: only an emit changes the state
-    for sid, deps in step_graph(run.definition).dependencies:
+    graph = step_graph(run.definition)
+    dependencies, dependents = graph.dependencies, graph.dependents
+    steps = run.steps  # the draft's own map: each emit changes it in place
+    events = d.events
+    due = list(graph.roots) if d.given is None else []  # a heap of positions in the order
+    looked_at = -1
+    read = 0
+    while True:
+        while read < len(events):  # the events emitted since the last look
+            sid = getattr(events[read], "step_id", None)
+            read += 1
+            if sid is not None and steps[sid].status in _FINISHED_STEP:
+                for position in dependents[sid]:
+                    heappush(due, position)
+        if not due:
+            break
+        position = heappop(due)
+        if position == looked_at:  # named twice (a join)
+            continue
+        looked_at = position
+        sid, deps = dependencies[position]
         if steps[sid].status is not _PENDING:
             continue
         blocked = None
@@ -297,14 +363,11 @@ def _advance(d: _Decision) -> None:
             if dep_status is not _SUCCEEDED and dep_status is not _SKIPPED:
                 ready = False
         if blocked is not None:
-            d.emit(ev.StepCancelled, step_id=sid, reason=blocked, was_running=False)
+            _emit[ev.StepCancelled](d, step_id=sid, reason=blocked, was_running=False)
         elif ready:
             _schedule(d, sid)
-        else:
-            continue
-        steps = d.run.steps
-    for st in steps.values():
-        if st.status not in _FINISHED_STEP:
+    for sid in graph.last_first:
+        if steps[sid].status not in _FINISHED_STEP:
             return
     _finish(d)
 
@@ -314,8 +377,8 @@ def _finish(d: _Decision) -> None:
     failed = [sid for sid in run.order if run.steps[sid].status is _FAILED]
     if failed:
         first = run.steps[failed[0]]
-        d.emit(
-            ev.RunFailed,
+        _emit[ev.RunFailed](
+            d,
             error=f"step {failed[0]!r} failed: {first.error}"
             + (f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""),
             step_id=failed[0],
@@ -328,28 +391,28 @@ def _finish(d: _Decision) -> None:
             name: resolve(ref, run.input, outputs) for name, ref in definition.outputs.items()
         }
     else:
-        result = {sid: outputs[sid] for sid in sinks(definition) if sid in outputs}
-    d.emit(ev.RunCompleted, outputs=result)
+        result = {sid: outputs[sid] for sid in step_graph(definition).sinks if sid in outputs}
+    _emit[ev.RunCompleted](d, outputs=result)
 
 
 def _cancel_unfinished(d: _Decision, reason: str) -> None:
     for sid in d.run.order:
         st = d.run.steps[sid]
         if not st.status.finished:
-            d.emit(ev.StepCancelled, step_id=sid, reason=reason, was_running=st.status.active)
+            _emit[ev.StepCancelled](d, step_id=sid, reason=reason, was_running=st.status.active)
 
 
 # -- a step's way to dispatch: condition, signal, gate, dispatch ------------------------------
 
 
 def _schedule(d: _Decision, sid: str) -> None:
-    d.emit(ev.StepScheduled, step_id=sid)
+    _emit[ev.StepScheduled](d, step_id=sid)
     step = d.run.step_defs[sid]
     if step.condition is not None and not holds(step.condition, d.run.input, d.outputs()):
         cond = step.condition
         shown = "" if cond.value is None else f" {cond.value!r}"
-        d.emit(
-            ev.StepSkipped,
+        _emit[ev.StepSkipped](
+            d,
             step_id=sid,
             reason=f"condition {cond.ref} {cond.op.value}{shown} is false",
         )
@@ -359,8 +422,8 @@ def _schedule(d: _Decision, sid: str) -> None:
         expected = _expected_correlation(d, step)
         for signal in d.run.signals:
             if signal.name == wait.name and _correlates(expected, signal.correlation_key):
-                d.emit(
-                    ev.SignalReceived,
+                _emit[ev.SignalReceived](
+                    d,
                     name=signal.name,
                     payload=signal.payload,
                     correlation_key=signal.correlation_key,
@@ -369,8 +432,8 @@ def _schedule(d: _Decision, sid: str) -> None:
                 break
         else:
             deadline = None if wait.deadline_ms is None else d.now + wait.deadline_ms
-            d.emit(
-                ev.SignalAwaited,
+            _emit[ev.SignalAwaited](
+                d,
                 step_id=sid,
                 name=wait.name,
                 correlation_key=expected,
@@ -379,32 +442,32 @@ def _schedule(d: _Decision, sid: str) -> None:
             if deadline is not None:
                 _timer(d, f"{sid}:signal", deadline, "signal_deadline", sid, None)
             return
-    _gate_or_dispatch(d, sid)
+    _gate_or_dispatch(d, step)
 
 
-def _gate_or_dispatch(d: _Decision, sid: str) -> None:
-    gate = d.run.step_defs[sid].approval
+def _gate_or_dispatch(d: _Decision, step: StepDefinition) -> None:
+    gate = step.approval
     if (
         gate is not None
         and gate.when is GateWhen.BEFORE
         and (gate.condition is None or holds(gate.condition, d.run.input, d.outputs()))
     ):
-        _request_approval(d, sid, GateWhen.BEFORE)
+        _request_approval(d, step.id, GateWhen.BEFORE)
     else:
-        _dispatch(d, sid, 1)
+        _dispatch(d, step, 1)
 
 
 def _request_approval(d: _Decision, sid: str, when: GateWhen) -> None:
     gate = d.run.step_defs[sid].approval
     assert gate is not None
     deadline = None if gate.deadline_ms is None else d.now + gate.deadline_ms
-    d.emit(ev.ApprovalRequested, step_id=sid, when=when, deadline_at_ms=deadline)
+    _emit[ev.ApprovalRequested](d, step_id=sid, when=when, deadline_at_ms=deadline)
     if deadline is not None:
         _timer(d, f"{sid}:approval", deadline, "approval_deadline", sid, None)
 
 
-def _dispatch(d: _Decision, sid: str, attempt: int) -> None:
-    step = d.run.step_defs[sid]
+def _dispatch(d: _Decision, step: StepDefinition, attempt: int) -> None:
+    sid = step.id
     st = d.run.steps[sid]
     if attempt > 1 and st.input is not None:
         task_input = st.input
@@ -412,8 +475,8 @@ def _dispatch(d: _Decision, sid: str, attempt: int) -> None:
         task_input = resolve_inputs(step.inputs, d.run.input, d.outputs())
         if step.wait_for_signal is not None and "signal" not in task_input:
             task_input["signal"] = st.signal_payload
-    d.emit(
-        ev.StepDispatched,
+    _emit[ev.StepDispatched](
+        d,
         step_id=sid,
         attempt=attempt,
         capability=step.capability,
@@ -435,8 +498,8 @@ def _schedule_timeout(d: _Decision, sid: str) -> None:
 def _timer(
     d: _Decision, timer_id: str, at: int, purpose: str, sid: str | None, attempt: int | None
 ) -> None:
-    d.emit(
-        ev.TimerScheduled,
+    _emit[ev.TimerScheduled](
+        d,
         timer_id=timer_id,
         fire_at_ms=at,
         purpose=purpose,
@@ -467,8 +530,8 @@ def _attempt_failed(d: _Decision, sid: str, attempt: int, error: str, retryable:
     policy = d.run.step_defs[sid].retry
     if retryable and attempt < policy.max_attempts:
         delay = backoff_ms(policy, attempt, d.run.jitter_seed, sid)
-        d.emit(
-            ev.StepRetryScheduled,
+        _emit[ev.StepRetryScheduled](
+            d,
             step_id=sid,
             failed_attempt=attempt,
             next_attempt=attempt + 1,
@@ -481,10 +544,10 @@ def _attempt_failed(d: _Decision, sid: str, attempt: int, error: str, retryable:
 
 
 def _step_failed(d: _Decision, sid: str, attempt: int, error: str, retryable: bool) -> None:
-    d.emit(ev.StepFailed, step_id=sid, attempt=attempt, error=error, retryable=retryable)
+    _emit[ev.StepFailed](d, step_id=sid, attempt=attempt, error=error, retryable=retryable)
     if d.run.definition.failure_policy is FailurePolicy.FAIL_FAST:
         _cancel_unfinished(d, f"step {sid!r} failed")
-        d.emit(ev.RunFailed, error=f"step {sid!r} failed: {error}", step_id=sid)
+        _emit[ev.RunFailed](d, error=f"step {sid!r} failed: {error}", step_id=sid)
 
 
 # -- command handlers -----------------------------------------------------------------------
@@ -493,7 +556,7 @@ def _step_failed(d: _Decision, sid: str, attempt: int, error: str, retryable: bo
 def _cancel(d: _Decision, c: cmd.CancelRun) -> None:
     reason = c.reason or "cancelled"
     _cancel_unfinished(d, reason)
-    d.emit(ev.RunCancelled, reason=reason)
+    _emit[ev.RunCancelled](d, reason=reason)
 
 
 def _signal(d: _Decision, c: cmd.SendSignal) -> None:
@@ -521,19 +584,19 @@ def _signal(d: _Decision, c: cmd.SendSignal) -> None:
         expected = _expected_correlation(d, step)
         waiting = run.steps[step.id].status is _AWAITING_SIGNAL
         if waiting and _correlates(expected, c.correlation_key):
-            d.emit(
-                ev.SignalReceived,
+            _emit[ev.SignalReceived](
+                d,
                 name=c.name,
                 payload=c.payload,
                 correlation_key=c.correlation_key,
                 step_id=step.id,
             )
-            _gate_or_dispatch(d, step.id)
+            _gate_or_dispatch(d, step)
             _advance(d)
             return
     # Early: keep it until a step starts waiting for it.
-    d.emit(
-        ev.SignalReceived,
+    _emit[ev.SignalReceived](
+        d,
         name=c.name,
         payload=c.payload,
         correlation_key=c.correlation_key,
@@ -542,10 +605,10 @@ def _signal(d: _Decision, c: cmd.SendSignal) -> None:
 
 
 def _waiting_step(d: _Decision, step_id: str) -> StepState | None:
-    if step_id not in d.run.steps:
+    st = d.run.steps.get(step_id)
+    if st is None:
         d.reject(f"{d.run.definition.key} has no step {step_id!r}")
-        return None
-    return d.run.steps[step_id]
+    return st
 
 
 def _approve(d: _Decision, c: cmd.ApproveStep) -> None:
@@ -557,9 +620,9 @@ def _approve(d: _Decision, c: cmd.ApproveStep) -> None:
             d.reject(f"step {c.step_id!r} is not waiting for approval (it is {st.status.value})")
         return
     when = st.gate
-    d.emit(ev.ApprovalGranted, step_id=c.step_id, approver=c.approver, comment=c.comment)
+    _emit[ev.ApprovalGranted](d, step_id=c.step_id, approver=c.approver, comment=c.comment)
     if when is GateWhen.BEFORE:
-        _dispatch(d, c.step_id, 1)
+        _dispatch(d, d.run.step_defs[c.step_id], 1)
     _advance(d)
 
 
@@ -572,7 +635,7 @@ def _reject_step(d: _Decision, c: cmd.RejectStep) -> None:
         if not already:
             d.reject(f"step {c.step_id!r} is not waiting for approval (it is {st.status.value})")
         return
-    d.emit(ev.ApprovalRejected, step_id=c.step_id, approver=c.approver, reason=c.reason)
+    _emit[ev.ApprovalRejected](d, step_id=c.step_id, approver=c.approver, reason=c.reason)
     who = c.approver or "an approver"
     _step_failed(d, c.step_id, st.attempt, f"approval rejected by {who}: {c.reason}", False)
     _advance(d)
@@ -606,7 +669,7 @@ def _reported_attempt(
 def _task_started(d: _Decision, c: cmd.ReportTaskStarted) -> None:
     st = _reported_attempt(d, c)
     if st is not None and st.status is _DISPATCHED:
-        d.emit(ev.StepStarted, step_id=c.step_id, attempt=c.attempt, worker_id=c.worker_id)
+        _emit[ev.StepStarted](d, step_id=c.step_id, attempt=c.attempt, worker_id=c.worker_id)
 
 
 def _task_heartbeat(d: _Decision, c: cmd.ReportTaskHeartbeat) -> None:
@@ -616,7 +679,7 @@ def _task_heartbeat(d: _Decision, c: cmd.ReportTaskHeartbeat) -> None:
     # Only a later sign of life moves the timeout: a heartbeat delivered twice, or
     # one overtaken by a later report, must neither repeat an event nor move it back.
     if st.last_activity_ms is None or c.issued_at_ms > st.last_activity_ms:
-        d.emit(ev.StepHeartbeat, step_id=c.step_id, attempt=c.attempt)
+        _emit[ev.StepHeartbeat](d, step_id=c.step_id, attempt=c.attempt)
 
 
 def _task_succeeded(d: _Decision, c: cmd.ReportTaskSucceeded) -> None:
@@ -630,7 +693,7 @@ def _task_succeeded(d: _Decision, c: cmd.ReportTaskSucceeded) -> None:
             _attempt_failed(d, c.step_id, c.attempt, error, retryable=False)
             _advance(d)
             return
-    d.emit(ev.StepSucceeded, step_id=c.step_id, attempt=c.attempt, output=c.output)
+    _emit[ev.StepSucceeded](d, step_id=c.step_id, attempt=c.attempt, output=c.output)
     gate = step.approval
     if (
         gate is not None
@@ -652,18 +715,18 @@ def _fire_timer(d: _Decision, c: cmd.FireTimer) -> None:
     timer = d.run.timers.get(c.timer_id)
     if timer is None:
         return  # already fired, or its reason is gone (step finished, approval given)
-    d.emit(ev.TimerFired, timer_id=c.timer_id)
+    _emit[ev.TimerFired](d, timer_id=c.timer_id)
     sid = timer.step_id
     if timer.purpose == "run_timeout":
         timeout = d.run.definition.timeout_ms
         _cancel_unfinished(d, "run timed out")
-        d.emit(ev.RunFailed, error=f"run timed out after {timeout} ms", step_id=None)
+        _emit[ev.RunFailed](d, error=f"run timed out after {timeout} ms", step_id=None)
         return
     assert sid is not None, f"timer {c.timer_id} has no step"
     st = d.run.steps[sid]
     if timer.purpose == "retry":
         if st.status is _RETRY_WAIT and st.attempt == timer.attempt:
-            _dispatch(d, sid, st.attempt)
+            _dispatch(d, d.run.step_defs[sid], st.attempt)
     elif timer.purpose == "step_timeout":
         if st.status.active and st.attempt == timer.attempt:
             timeout = d.run.step_defs[sid].timeout_ms or 0
@@ -675,12 +738,12 @@ def _fire_timer(d: _Decision, c: cmd.FireTimer) -> None:
             if now < st.last_activity_ms + timeout:
                 _schedule_timeout(d, sid)  # a heartbeat moved the deadline
             else:
-                d.emit(ev.StepTimedOut, step_id=sid, attempt=st.attempt)
+                _emit[ev.StepTimedOut](d, step_id=sid, attempt=st.attempt)
                 error = f"attempt {st.attempt} timed out: no sign of life for {timeout} ms"
                 _attempt_failed(d, sid, st.attempt, error, retryable=True)
     elif timer.purpose == "approval_deadline":
         if st.status is _AWAITING_APPROVAL:
-            d.emit(ev.ApprovalRejected, step_id=sid, approver="apex", reason="deadline passed")
+            _emit[ev.ApprovalRejected](d, step_id=sid, approver="apex", reason="deadline passed")
             _step_failed(d, sid, st.attempt, "approval deadline passed", False)
     elif timer.purpose == "signal_deadline" and st.status is _AWAITING_SIGNAL:
         wait = d.run.step_defs[sid].wait_for_signal

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -74,3 +74,14 @@ def constructor(cls: type[T]) -> Callable[..., T]:
     if type(built) is not cls or built != cls(**sample):
         raise TypeError(f"the fast constructor of {cls.__name__} does not build a {cls.__name__}")
     return make
+
+
+def become(obj: object, cls: type[T]) -> T:
+    """``obj`` itself, made an instance of ``cls`` (the last step of :func:`constructor`'s build).
+
+    For a mutable draft that holds exactly ``cls``'s slots: ``obj``'s class must
+    declare the same ``__slots__``, in the same order, on the same base, or CPython
+    refuses with ``TypeError``. Whoever held ``obj`` as a draft must be done with it.
+    """
+    obj.__class__ = cls
+    return cast(T, obj)

@@ -16,8 +16,8 @@ from typing import Any
 
 from apex.domain import events as ev
 from apex.domain.definitions import JSON, GateWhen, StepDefinition, WorkflowDefinition
-from apex.domain.frozen import constructor
-from apex.domain.graph import topological_order
+from apex.domain.frozen import become, constructor
+from apex.domain.graph import sinks, topological_order
 
 
 class RunStatus(StrEnum):
@@ -205,9 +205,12 @@ class RunDraft:
     ``RunState`` has 19 fields, so building it was a good part of each event's
     cost). A draft reads like the state it will be (the same attribute names)
     and has its own copies of the step and timer maps, so no ``RunState`` is
-    ever changed; once frozen, the state owns them and the draft is done.
+    ever changed; once frozen, the draft *is* the state (see :meth:`freeze`)
+    and is done.
     """
 
+    # The same slots as RunState, in the same order: the layout that lets
+    # ``freeze`` turn the draft into the state (checked below the class).
     __slots__ = _RUN_FIELDS
 
     def __init__(self, s: RunState) -> None:
@@ -264,24 +267,36 @@ class RunDraft:
         return True
 
     def freeze(self) -> RunState:
-        """The state the draft is now; the draft is done (the state owns its maps)."""
-        # Most runs wait with no timer: they share one empty map (see _NO_TIMERS).
-        timers = self.timers or _NO_TIMERS
-        return _new_run(
-            self.run_id, self.definition, self.input, self.idempotency_key, self.jitter_seed,
-            self.correlation_id, self.start_command_id, self.started_at_ms, self.seq,
-            self.status, self.steps, timers, self.order, self.step_defs, self.signals,
-            self.signal_command_ids, self.outputs, self.error, self.finished_at_ms,
-        )  # fmt: skip
+        """The state the draft is now: the draft itself, made a ``RunState``; it is done.
+
+        The draft holds every field of the state in the state's own layout, so it
+        becomes the state by taking its class (as :mod:`apex.domain.frozen` builds
+        frozen objects) instead of being copied into a new one, field by field, at
+        the end of every command. From then on it is frozen like any state.
+        """
+        if not self.timers:
+            # Most runs wait with no timer: they share one read-only map. The draft's
+            # map is typed a dict for the rules, which are done with it now.
+            self.timers = _NO_TIMERS  # type: ignore[assignment]
+        return become(self, RunState)
 
     def drop_timers(self, step_id: str, purposes: frozenset[str]) -> None:
         """Forget the step's pending timers for ``purposes`` (they no longer matter)."""
         timers = self.timers
-        # A copy of the (few) entries to walk, not a comprehension: in 3.11 that is
-        # a function call of its own, on every dispatch and every success.
+        # Called on every dispatch and every success, and nearly always finds
+        # nothing: look first, and copy the (few) entries only to delete some.
+        for timer in timers.values():
+            if timer.step_id == step_id and timer.purpose in purposes:
+                break
+        else:
+            return
         for timer_id, timer in list(timers.items()):
             if timer.step_id == step_id and timer.purpose in purposes:
                 del timers[timer_id]
+
+
+if RunDraft.__slots__ != RunState.__slots__ or RunDraft.__bases__ != RunState.__bases__:
+    raise ImportError("RunDraft must have RunState's layout: RunDraft.freeze makes one the other")
 
 
 # -- one rule per event type ---------------------------------------------------------
@@ -387,6 +402,15 @@ class StepGraph:
     """Every step's state at ``RunStarted`` (copy before changing)."""
     dependencies: tuple[tuple[str, tuple[str, ...]], ...]
     """``(step id, its depends_on)`` in ``order``."""
+    dependents: Mapping[str, tuple[int, ...]]
+    """For each step, the positions in ``order`` of the steps that depend on it
+    (ascending): the only steps its change of status can make ready or blocked."""
+    roots: tuple[int, ...]
+    """The positions in ``order`` of the steps with no dependency."""
+    sinks: tuple[str, ...]
+    """Steps no other step depends on, in declaration order (:func:`~apex.domain.graph.sinks`)."""
+    last_first: tuple[str, ...]
+    """``order`` reversed: the steps usually the last to finish come first."""
 
 
 _GRAPHS: dict[int, tuple[WorkflowDefinition, StepGraph]] = {}
@@ -407,11 +431,20 @@ def step_graph(definition: WorkflowDefinition) -> StepGraph:
         return kept[1]
     order = topological_order(definition)
     step_defs = {s.id: s for s in definition.steps}
+    dependencies = tuple((sid, step_defs[sid].depends_on) for sid in order)
+    dependents: dict[str, set[int]] = {sid: set() for sid in order}
+    for position, (_, deps) in enumerate(dependencies):
+        for dep in deps:
+            dependents[dep].add(position)
     graph = StepGraph(
         order=order,
         step_defs=step_defs,
         not_started={s.id: _NOT_STARTED for s in definition.steps},
-        dependencies=tuple((sid, step_defs[sid].depends_on) for sid in order),
+        dependencies=dependencies,
+        dependents={sid: tuple(sorted(after)) for sid, after in dependents.items()},
+        roots=tuple(position for position, (_, deps) in enumerate(dependencies) if not deps),
+        sinks=sinks(definition),
+        last_first=order[::-1],
     )
     if len(_GRAPHS) >= _GRAPHS_KEPT:
         _GRAPHS.clear()
@@ -611,6 +644,16 @@ _APPLY: dict[type[ev.Event], Callable[[RunDraft, Any], None]] = {
     ev.TimerFired: _timer_fired,
     ev.CommandRejected: _command_rejected,
 }
+
+
+def fold_rule(event_type: type[ev.Event]) -> Callable[[RunDraft, Any], None]:
+    """How :meth:`RunDraft.apply` folds an event of ``event_type``, without its checks.
+
+    For a caller that builds each event as its draft's next one — of the draft's
+    run, with the next ``seq``, naming a step the run has — as the decider does:
+    it calls the rule, then sets the draft's ``seq`` to the event's.
+    """
+    return _APPLY[event_type]
 
 
 def retire(state: RunState) -> RunState:
