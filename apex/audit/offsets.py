@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import CorruptRecordException, for_code
-from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 
 # The same cut as EventLogReader.read_offsets makes (one definition of ``gap``).
 from apex.kafka.event_log import EventLogReader, MissingOffsets, _segments
+from apex.kafka.fetch import Aborted, Committed, fetch
 
 __all__ = ["FetchedRecord", "fetch_offsets"]
 
-_READ_COMMITTED = 1
 _FIRST_GUESS_BYTES_PER_RECORD = 512
 """How many bytes a segment's first request asks per offset spanned; then learnt."""
 _MAX_REQUEST_BYTES = 8 * 1024 * 1024
@@ -71,9 +69,8 @@ async def fetch_offsets(
         return [], 0, 0
     consumer = _consumer_of(reader)
     tp = TopicPartition(topic, partition)
-    node_id = await _leader(consumer, tp)
     found, read, fetches = await _read_partition(
-        consumer, node_id, tp, wanted, _segments(wanted, gap), time.monotonic() + timeout_s
+        consumer, tp, wanted, _segments(wanted, gap), time.monotonic() + timeout_s
     )
     if len(found) != len(wanted):
         have = {rec.offset for rec in found}
@@ -87,7 +84,6 @@ async def fetch_offsets(
 
 async def _read_partition(
     consumer: AIOKafkaConsumer,
-    node_id: int,
     tp: TopicPartition,
     wanted: Sequence[int],
     segs: Sequence[Sequence[int]],
@@ -115,7 +111,7 @@ async def _read_partition(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {tp.topic}[{tp.partition}] {first}..{last} timed out")
             max_bytes = min(_MAX_REQUEST_BYTES, (last - position + 1) * bytes_per_record)
-            data, aborted = await _fetch(consumer, node_id, tp, position, max_bytes)
+            data, aborted = await fetch(consumer, tp, position, max_bytes, max_wait_ms=0)
             fetches += 1
             start = position
             if data:
@@ -130,7 +126,7 @@ async def _read_partition(
 def _take(
     tp: TopicPartition,
     data: bytes,
-    aborted: list[tuple[int, int]] | None,
+    aborted: Aborted,
     position: int,
     last: int,
     want: set[int],
@@ -144,8 +140,7 @@ def _take(
     "Passed" counts committed records inside the segments' spans only: what a
     reader seeking over gaps larger than ``gap`` would have read.
     """
-    pending_aborts = sorted(aborted or (), key=lambda a: a[1])  # (producer id, first offset)
-    aborted_producers: set[int] = set()
+    committed = Committed(aborted)
     records = MemoryRecords(data)
     passed = 0
     while records.has_next() and position <= last:
@@ -154,15 +149,7 @@ def _take(
             break
         if batch.next_offset <= position:
             continue
-        if batch.producer_id is not None:
-            while pending_aborts and pending_aborts[0][1] <= batch.base_offset:
-                aborted_producers.add(pending_aborts.pop(0)[0])
-            if batch.is_control_batch and _is_abort_marker(batch):
-                aborted_producers.discard(batch.producer_id)
-            if batch.is_transactional and batch.producer_id in aborted_producers:
-                position = batch.next_offset
-                continue
-        if batch.is_control_batch:
+        if committed.skips(batch):
             position = batch.next_offset
             continue
         lo, hi = max(position, batch.base_offset), min(last, batch.next_offset - 1)
@@ -186,51 +173,6 @@ def _take(
                     )
         position = batch.next_offset
     return position, passed
-
-
-def _is_abort_marker(batch: Any) -> bool:
-    for record in batch:
-        return bool(ControlRecord.parse(record.key) == ABORT_MARKER)
-    return False
-
-
-async def _fetch(
-    consumer: AIOKafkaConsumer, node_id: int, tp: TopicPartition, offset: int, max_bytes: int
-) -> tuple[bytes, list[tuple[int, int]] | None]:
-    request = FetchRequest(
-        0,  # never wait for more data: a segment's records are all written already
-        1,
-        max_bytes,
-        _READ_COMMITTED,
-        [(tp.topic, [(tp.partition, offset, max_bytes)])],
-    )
-    response = await consumer._client.send(node_id, request)
-    for _topic, partitions in response.topics:
-        for _partition, error_code, _highwater, *part_data in partitions:
-            error = for_code(error_code)
-            if error is not for_code(0):
-                raise error(f"fetching {tp.topic}[{tp.partition}] at {offset}")
-            # part_data: v11+ [lso, log start, aborted, preferred replica, records];
-            # v5..v10 [lso, log start, aborted, records]; v4 [lso, aborted, records].
-            if response.API_VERSION >= 11:
-                aborted = part_data[2]
-            elif response.API_VERSION >= 4:
-                aborted = part_data[-2]
-            else:
-                aborted = None
-            return bytes(part_data[-1] or b""), aborted
-    return b"", None
-
-
-async def _leader(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
-    client = consumer._client
-    node_id = client.cluster.leader_for_partition(tp)
-    if node_id is None or node_id == -1:
-        await client.force_metadata_update()
-        node_id = client.cluster.leader_for_partition(tp)
-    if node_id is None or node_id == -1:
-        raise LookupError(f"no leader known for {tp.topic}[{tp.partition}]")
-    return int(node_id)
 
 
 def _consumer_of(reader: EventLogReader) -> AIOKafkaConsumer:

@@ -8,64 +8,15 @@ the answer must equal what aiokafka's committed consumer gives.
 from __future__ import annotations
 
 import pytest
-from aiokafka import TopicPartition
 
 from apex.audit.offsets import fetch_offsets
 from apex.config import Settings
-from apex.kafka.clients import make_consumer, make_producer
 from apex.kafka.event_log import EventLogReader, MissingOffsets
-from apex.kafka.topology import ensure_topics
-
-
-async def _transaction(
-    settings: Settings, topic: str, values: list[bytes], *, commit: bool
-) -> None:
-    producer = make_producer(settings, transactional_id=f"{settings.topic_prefix}audit-offsets")
-    await producer.start()
-    try:
-        await producer.begin_transaction()
-        for value in values:
-            await producer.send_and_wait(topic, value, key=b"run", partition=0)
-        if commit:
-            await producer.commit_transaction()
-        else:
-            await producer.abort_transaction()
-    finally:
-        await producer.stop()
-
-
-async def _committed(settings: Settings, topic: str) -> list[tuple[int, bytes]]:
-    """Every committed record of partition 0, as aiokafka's committed consumer reads them."""
-    consumer = make_consumer(settings)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        found: list[tuple[int, bytes]] = []
-        while await consumer.position(tp) < end:
-            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, ()):
-                found.append((record.offset, record.value))
-        return found
-    finally:
-        await consumer.stop()
+from tests.integration.mixed_log import write_mixed_log
 
 
 async def test_an_aborted_transaction_is_never_part_of_a_history(apex_settings: Settings) -> None:
-    await ensure_topics(apex_settings)
-    topic = apex_settings.topic("events")
-    await _transaction(apex_settings, topic, [b"c1", b"c2", b"c3"], commit=True)
-    await _transaction(apex_settings, topic, [b"a1", b"a2"], commit=False)
-    plain = make_producer(apex_settings)
-    await plain.start()
-    try:
-        await plain.send_and_wait(topic, b"p1", key=b"run", partition=0)
-    finally:
-        await plain.stop()
-    await _transaction(apex_settings, topic, [b"c4", b"c5"], commit=True)
-    everything = await _committed(apex_settings, topic)
-    assert [value for _, value in everything] == [b"c1", b"c2", b"c3", b"p1", b"c4", b"c5"]
+    topic, everything = await write_mixed_log(apex_settings)
     committed = [offset for offset, _ in everything]
     async with EventLogReader(apex_settings) as reader:
         for gap in (0, 1, 100):
