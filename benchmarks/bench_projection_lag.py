@@ -46,6 +46,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from apex import gcpolicy
 from apex.config import Settings
 from apex.devstack.topics import delete_topics
 from apex.kafka.clients import make_producer
@@ -54,7 +55,7 @@ from apex.projections.migrate import migrate
 from benchmarks.machine import machine
 from benchmarks.stats import latency_summary_ms
 from benchmarks.synthetic_log import records_for_partition
-from streams.projector import BatchOutcome, Projector
+from streams.projector import BatchOutcome, PreparedBatch, Projector
 
 TARGET_P99_MS = 250.0
 PARTITIONS = 6
@@ -278,17 +279,16 @@ class _TimedProjector(Projector):
         self.partitions: set[int] = set()
         self.lags_s: list[float] = []
         self.received_s: list[float] = []
-        """Record timestamp -> the batch handed to apply (Kafka and the poll loop)."""
+        """Record timestamp -> the batch handed to prepare (Kafka and the poll loop)."""
         self.transactions_s: list[float] = []
-        """apply_many -> COMMIT of one poll's transaction (fold, rows, checkpoints)."""
+        """prepare -> COMMIT of one poll's batch (fold, the transaction before it, rows,
+        checkpoints)."""
 
-    async def apply_many(
-        self, work: Sequence[tuple[TopicPartition, Sequence[Any], int | None]]
-    ) -> dict[TopicPartition, BatchOutcome]:
-        received_ms = time.time() * 1000
-        outcomes = await super().apply_many(work)
+    async def commit(self, batch: PreparedBatch) -> dict[TopicPartition, BatchOutcome]:
+        received_ms = batch.received_ns / 1e6
+        outcomes = await super().commit(batch)
         now_ms = time.time() * 1000
-        applied = [rec for tp, records, _ in work if outcomes[tp].applied for rec in records]
+        applied = [rec for tp, records, _ in batch.work if outcomes[tp].applied for rec in records]
         if applied:
             self.lags_s.extend((now_ms - rec.timestamp) / 1000 for rec in applied)
             self.received_s.extend((received_ms - rec.timestamp) / 1000 for rec in applied)
@@ -313,7 +313,11 @@ class _TimedProjector(Projector):
 
 
 def _project(index: int, settings: Settings, link: _Link) -> None:
-    """A projector process: project until told to stop, then send its figures."""
+    """A projector process: project until told to stop, then send its figures.
+
+    With the collector policy of ``apex projections run`` (:mod:`apex.gcpolicy`).
+    """
+    gcpolicy.tune_for_service()
     asyncio.run(_project_until_stopped(index, settings, link))
 
 

@@ -20,6 +20,22 @@ One transaction per poll rather than per partition: the fixed cost of a
 transaction (a few round trips) is paid once for all partitions, which is what
 keeps the projection lag low when many partitions each bring a few events.
 
+**The next poll is folded while PostgreSQL works on this one** (:meth:`Projector.prepare`,
+then :meth:`Projector.commit`; one transaction at a time, in poll order). Step 3
+runs ahead, from the checkpoint the partition will be at once the transaction in
+flight commits and over that transaction's views, yielding to the event loop
+every :data:`TURN_EVERY` events so the transaction's round trips go on. The
+transaction then uses the fold only if it locks the checkpoint the fold started
+from and the fold it went on from is the one committed; otherwise it folds
+again (as it does for a run whose earlier events must be read, step 3's
+``_load``: the index holds only committed events). A partition's records read
+before its position moved — a resync, a failed transaction of the batch before
+(each bumps the partition's *epoch*), a revocation (the partition is gone or
+another object) — are dropped, never committed: the seek that moved it brings
+them again. A revocation waits for the transaction in flight (it holds the
+lock), so a partition's checkpoint is only moved while this process owns it;
+a zombie that still did would be caught by the checkpoint row lock (step 2).
+
 A crash anywhere before COMMIT leaves rows and checkpoint as they were, and the
 next owner starts from the checkpoint: nothing is applied twice (the
 ``event_index`` primary key would refuse it anyway) and nothing is missed. The
@@ -47,6 +63,7 @@ different from the log.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import socket
@@ -100,6 +117,11 @@ load (py-spy). Waiting up to 50 ms collects every partition's events into one
 response and one transaction; the lag it adds is far inside its 250 ms target,
 and a backlog still comes back at once (a megabyte is there)."""
 
+TURN_EVERY = 100
+"""Events decoded or folded ahead between two turns of the event loop. A transaction
+in flight needs a turn for each of its round trips (BEGIN, lock, rows, COMMIT);
+100 events are a few milliseconds of fold, a turn about 20 µs."""
+
 HINT_S = 1.0
 """Most often the group offsets are committed (a hint for lag tools, never read back)."""
 
@@ -112,6 +134,11 @@ class SchemaNotMigrated(RuntimeError):
     """The read-model schema is missing or behind the code's migrations."""
 
 
+Work = Sequence[tuple[TopicPartition, Sequence[Any], int | None]]
+"""Partitions to apply: each with its records in offset order and the consumer's
+position after them (``None`` when unknown)."""
+
+
 @dataclass
 class BatchOutcome:
     applied: int = 0
@@ -119,6 +146,10 @@ class BatchOutcome:
     """Records below the checkpoint: applied before."""
     resynced: bool = False
     """The checkpoint was not where this process left it: batch dropped, consumer moved."""
+    dropped: bool = False
+    """Read before the partition's position was moved (a resync or a failed transaction
+    of the batch before) or before it was revoked: not applied; the consumer is already
+    at the checkpoint, where these records come again (or another projector's)."""
     dead_letters: int = 0
     next_offset: int | None = None
 
@@ -133,17 +164,82 @@ class ProjectorStats:
     loaded_runs: int = 0
     """Runs folded from the log because no view of them was in memory."""
     db_retries: int = 0
+    folded_ahead: int = 0
+    """Partitions' records folded before their transaction (while the one before was in flight)."""
+    dropped: int = 0
+    """Partitions' records dropped because their position moved after they were read."""
+
+
+@dataclass
+class _Folded:
+    """One partition's records folded from a checkpoint: what its transaction writes."""
+
+    base: int
+    """The checkpoint the fold started from; its transaction must lock the same."""
+    next_offset: int
+    fresh: list[Any]
+    skipped: int
+    after: dict[str, r.RunView]
+    changes: r.Changes
+    dead: list[tuple[Any, BaseException]]
+
+
+@dataclass
+class _Share:
+    """One partition's part of a prepared batch."""
+
+    tp: TopicPartition
+    part: _Partition
+    epoch: int
+    """``part.epoch`` when the records were read: another one means they are stale."""
+    records: Sequence[Any]
+    position: int | None
+    folded: _Folded | None = None
+    """Folded ahead of the transaction; ``None``: folded in it, from the locked checkpoint."""
+    on: _Folded | None = None
+    """The fold whose views ``folded`` went on from: valid only once that one committed."""
+
+
+@dataclass
+class PreparedBatch:
+    """A poll's records, each partition's folded ahead where it could be
+    (:meth:`Projector.prepare`)."""
+
+    work: Work
+    shares: list[_Share]
+    received_ns: int
+    """Wall time the batch was handed to :meth:`Projector.prepare`."""
+
+
+_EPOCHS = itertools.count()
+"""Epochs unique across partitions' lives: a partition revoked and assigned again
+between a poll and its batch is never taken for the one the poll read."""
 
 
 @dataclass
 class _Partition:
     checkpoint: int | None = None
-    """Where this process last saw the checkpoint; ``views`` are valid there only."""
+    """Where this process last saw the checkpoint (committed); ``views`` are valid there only."""
     views: dict[str, r.RunView] = field(default_factory=dict)
+    epoch: int = field(default_factory=lambda: next(_EPOCHS))
+    """Moves with every seek of the partition (resync, failed transaction): records read
+    before it are not the continuation of the log from the checkpoint."""
+    ahead: _Share | None = None
+    """The latest share prepared and not yet committed: the next one folds on from it."""
+    last: _Folded | None = None
+    """The fold this process committed last: ``views`` are the views after it."""
 
     def reset(self, checkpoint: int) -> None:
         self.checkpoint = checkpoint
         self.views.clear()
+        self.moved()
+
+    def moved(self) -> None:
+        """The position moved (a seek), the views are cleared: nothing read or folded
+        before goes on."""
+        self.epoch = next(_EPOCHS)
+        self.ahead = None
+        self.last = None
 
 
 class Projector:
@@ -200,19 +296,30 @@ class Projector:
             self.group,
             self.store.schema,
         )
+        in_flight: asyncio.Task[None] | None = None
         try:
             while not self._stopping.is_set():
-                batch = await consumer.getmany(
+                polled = await consumer.getmany(
                     timeout_ms=200, max_records=self.settings.projector_batch
                 )
-                async with self._lock:
-                    work = await self._work(consumer, batch)
-                    if work:
-                        outcomes = await self._apply_retrying(work)
-                        await self._hint(
-                            {tp: o.next_offset for tp, o in outcomes.items() if o.next_offset}
-                        )
+                # Now, before any await: the records are the continuation of
+                # the positions these epochs stand for.
+                epochs = {p: part.epoch for p, part in self._parts.items()}
+                work = await self._work(consumer, polled)
+                if not work:
+                    continue
+                # The fold of this poll runs while PostgreSQL works on the one before.
+                batch = await self.prepare(work, epochs)
+                if in_flight is not None:
+                    await in_flight  # one transaction at a time, in poll order
+                in_flight = asyncio.create_task(self._commit_retrying(batch))
+            if in_flight is not None:
+                task, in_flight = in_flight, None
+                await task
         finally:
+            if in_flight is not None:  # failing or cancelled: its transaction rolls back
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
             await self._shutdown()
 
     def stop(self) -> None:
@@ -249,45 +356,49 @@ class Projector:
                 continue
             records = batch.get(tp, [])
             position = await consumer.position(tp)
-            if records or recheck or (part.checkpoint is not None and position > part.checkpoint):
+            expected = part.ahead.folded.next_offset if part.ahead and part.ahead.folded else None
+            reached = expected if expected is not None else part.checkpoint
+            if records or recheck or (reached is not None and position > reached):
                 work.append((tp, records, position))
         return work
 
-    async def _apply_retrying(
-        self, work: Sequence[tuple[TopicPartition, Sequence[Any], int | None]]
-    ) -> dict[TopicPartition, BatchOutcome]:
-        """:meth:`apply_many`; a failed transaction is retried (read again), a few times."""
-        try:
-            outcomes = await self.apply_many(work)
-        except (DBAPIError, asyncpg.PostgresError, OSError) as exc:
-            self._failures += 1
-            self.stats.db_retries += 1
-            if self._failures > _MAX_DB_RETRIES:
-                raise
-            log.warning("transaction failed (%s), reading its records again", exc)
-            for tp, records, position in work:
-                self._rewind(tp, records, position)
-            await asyncio.sleep(min(0.1 * 2**self._failures, 2.0))
-            return {}
-        self._failures = 0
-        return outcomes
+    async def _commit_retrying(self, batch: PreparedBatch) -> None:
+        """:meth:`commit`; a failed transaction is retried (read again), a few times."""
+        async with self._lock:
+            try:
+                outcomes = await self.commit(batch)
+            except (DBAPIError, asyncpg.PostgresError, OSError) as exc:
+                self._failures += 1
+                self.stats.db_retries += 1
+                if self._failures > _MAX_DB_RETRIES:
+                    raise
+                log.warning("transaction failed (%s), reading its records again", exc)
+                for share in batch.shares:
+                    self._rewind(share)
+                await asyncio.sleep(min(0.1 * 2**self._failures, 2.0))
+                return
+            self._failures = 0
+            await self._hint({tp: o.next_offset for tp, o in outcomes.items() if o.next_offset})
 
-    def _rewind(self, tp: TopicPartition, records: Sequence[Any], position: int | None) -> None:
+    def _rewind(self, share: _Share) -> None:
         """After a failed transaction: forget the views, read again from the last checkpoint.
 
         If the COMMIT went through and only its answer was lost, the next batch
-        finds the checkpoint ahead of this one and resyncs there.
+        finds the checkpoint ahead of this one and resyncs there. A batch
+        already read after this one is dropped (the epoch moved): the seek
+        brings its records again.
         """
-        part = self._parts.get(tp.partition)
-        if part is None:
-            return
+        part = self._parts.get(share.tp.partition)
+        if part is None or part is not share.part or part.epoch != share.epoch:
+            return  # revoked, or already moved: the seek that moved it stands
         part.views.clear()
+        part.moved()
         if part.checkpoint is not None:
-            self._seek(tp, part.checkpoint)
-        elif records:
-            self._seek(tp, records[0].offset)
-        elif position is not None:
-            self._seek(tp, position)
+            self._seek(share.tp, part.checkpoint)
+        elif share.records:
+            self._seek(share.tp, share.records[0].offset)
+        elif share.position is not None:
+            self._seek(share.tp, share.position)
 
     async def _shutdown(self) -> None:
         if self._consumer is not None and self._hints:
@@ -307,7 +418,7 @@ class Projector:
         if self._own_engine:
             await self.engine.dispose()
 
-    # -- one poll, one transaction ---------------------------------------------------------
+    # -- one poll: folded ahead, then one transaction ------------------------------------------
 
     async def apply(
         self, tp: TopicPartition, records: Sequence[Any], position: int | None = None
@@ -315,33 +426,92 @@ class Projector:
         """Apply one partition's records (in offset order) in one transaction."""
         return (await self.apply_many([(tp, records, position)]))[tp]
 
-    async def apply_many(
-        self, work: Sequence[tuple[TopicPartition, Sequence[Any], int | None]]
-    ) -> dict[TopicPartition, BatchOutcome]:
-        """Apply several partitions' records in ONE transaction.
+    async def apply_many(self, work: Work) -> dict[TopicPartition, BatchOutcome]:
+        """Apply several partitions' records in ONE transaction: :meth:`prepare`, then
+        :meth:`commit`.
 
         Each item is a partition, its records in offset order, and the
         consumer's position after them (``None`` when unknown): it can be past
         the last record — a transaction's commit marker takes an offset — and
         the checkpoint moves there, so a caught-up projection sits at the log end.
         """
-        started_ns = time.time_ns() if flags.TRACING else 0
+        return await self.commit(await self.prepare(work))
+
+    async def prepare(self, work: Work, epochs: dict[int, int] | None = None) -> PreparedBatch:
+        """Fold each partition's records ahead of their transaction, where that is sure to
+        be what the transaction would fold: from the checkpoint the partition will be at
+        once the batch before commits (its position after the batch in flight), with
+        every run's view in memory (the batch in flight's views first).
+
+        A partition is folded in the transaction instead when a run's earlier
+        events must be read (:meth:`_load`: the index holds only committed
+        ones), when the batch before it for this partition was folded so, or
+        when its checkpoint is not known yet. ``epochs``: each partition's
+        epoch when the records were read (default: now).
+        """
+        received_ns = time.time_ns()
+        shares = []
+        for tp, records, position in work:
+            part = self._parts.setdefault(tp.partition, _Partition())
+            epoch = part.epoch if epochs is None else epochs.get(tp.partition, -1)
+            share = _Share(tp, part, epoch, records, position)
+            shares.append(share)
+            if epoch != part.epoch:
+                continue  # moved since it was read: dropped at commit
+            ahead = part.ahead
+            if ahead is None:
+                base, overlay, on = part.checkpoint, None, part.last
+            elif ahead.folded is not None:
+                base, overlay, on = ahead.folded.next_offset, ahead.folded.after, ahead.folded
+            else:
+                base, overlay, on = None, None, None  # the one before folds in its transaction
+            if base is not None:
+                # The fold gives the transaction in flight turns of the event
+                # loop (its round trips go on meanwhile); if that transaction
+                # moved the partition, this fold is of no use.
+                folded = await self._fold(None, part, records, position, base, overlay)
+                if part.epoch != epoch:
+                    continue
+                share.folded, share.on = folded, on
+                if folded is not None and folded.fresh:
+                    self.stats.folded_ahead += 1
+            part.ahead = share
+        return PreparedBatch(work, shares, received_ns)
+
+    async def commit(self, batch: PreparedBatch) -> dict[TopicPartition, BatchOutcome]:
+        """Apply a prepared batch in ONE transaction: lock the checkpoints, check each
+        partition's against where this process left it, fold what was not folded
+        ahead, write the rows and move the checkpoints, COMMIT.
+
+        A partition's records read before its position moved, or whose partition
+        this process no longer owns, are dropped; a fold ahead is used only if
+        its transaction locked the checkpoint it folded from.
+        """
         outcomes: dict[TopicPartition, BatchOutcome] = {}
         moves: dict[TopicPartition, tuple[int, int]] = {}
-        folded: list[tuple[_Partition, dict[str, r.RunView]]] = []
-        applied: list[tuple[TopicPartition, list[Any]]] = []
+        moved: list[tuple[_Partition, int]] = []
+        applied: list[tuple[_Share, _Folded]] = []
+        settled: list[tuple[_Share, _Folded]] = []
         changes = r.Changes()
         dead: list[tuple[Any, BaseException]] = []
+        shares = []
+        for share in batch.shares:
+            part = self._parts.get(share.tp.partition)
+            if part is not share.part or part.epoch != share.epoch:
+                self.stats.dropped += 1
+                outcomes[share.tp] = BatchOutcome(dropped=True)
+            else:
+                shares.append(share)
         async with self.store.transaction() as unit:
             locked_at: dict[tuple[str, int], int] = {}
-            for topic in sorted({tp.topic for tp, _, _ in work}):
-                partitions = [tp.partition for tp, _, _ in work if tp.topic == topic]
+            for topic in sorted({s.tp.topic for s in shares}):
+                partitions = [s.tp.partition for s in shares if s.tp.topic == topic]
                 for partition, offset in (await unit.lock_checkpoints(topic, partitions)).items():
                     locked_at[(topic, partition)] = offset
-            for tp, records, position in work:
-                part = self._parts.setdefault(tp.partition, _Partition())
+            for share in shares:
+                tp, part, records = share.tp, share.part, share.records
                 locked = locked_at[(tp.topic, tp.partition)]
-                first = records[0].offset if records else position
+                first = records[0].offset if records else share.position
                 if part.checkpoint != locked and (
                     part.checkpoint is not None or (first is not None and first > locked)
                 ):
@@ -360,23 +530,27 @@ class Projector:
                     self.stats.resyncs += 1
                     outcomes[tp] = BatchOutcome(resynced=True, next_offset=locked)
                     continue
-                fresh = [rec for rec in records if rec.offset >= locked]
-                skipped = len(records) - len(fresh)
-                self.stats.skipped += skipped
                 part.checkpoint = locked
-                next_offset = max(locked, fresh[-1].offset + 1 if fresh else 0, position or 0)
-                outcomes[tp] = BatchOutcome(skipped=skipped, next_offset=next_offset)
-                if next_offset == locked:
+                folded = share.folded
+                if folded is None or folded.base != locked or share.on is not part.last:
+                    # Not folded ahead, or ahead of a fold that is not the one
+                    # committed (never, but for a caller that went on after a
+                    # failed commit): fold here, from what the database holds.
+                    folded = await self._fold(unit, part, records, share.position, locked, None)
+                    assert folded is not None  # with a unit, every run can be loaded
+                settled.append((share, folded))
+                self.stats.skipped += folded.skipped
+                outcomes[tp] = BatchOutcome(skipped=folded.skipped, next_offset=folded.next_offset)
+                if folded.next_offset == locked:
                     continue
-                moves[tp] = (locked, next_offset)
-                if fresh:
-                    after, part_changes, part_dead = await self._fold(unit, part, fresh)
-                    changes.extend(part_changes)
-                    folded.append((part, after))
-                    applied.append((tp, fresh))
-                    dead.extend(part_dead)
-                    outcomes[tp].applied = len(fresh) - len(part_dead)
-                    outcomes[tp].dead_letters = len(part_dead)
+                moves[tp] = (locked, folded.next_offset)
+                moved.append((part, folded.next_offset))
+                if folded.fresh:
+                    changes.extend(folded.changes)
+                    applied.append((share, folded))
+                    dead.extend(folded.dead)
+                    outcomes[tp].applied = len(folded.fresh) - len(folded.dead)
+                    outcomes[tp].dead_letters = len(folded.dead)
             topics = sorted({tp.topic for tp in moves})
             if len(topics) == 1:  # always, but for tests: rows and checkpoints in one trip
                 await unit.write_and_advance(
@@ -391,23 +565,30 @@ class Projector:
             if dead:
                 await self._dead_letters(dead)
             if self._before_commit is not None:
-                for tp, fresh in applied:
-                    await self._before_commit(tp, fresh)
+                for share, folded in applied:
+                    await self._before_commit(share.tp, folded.fresh)
         # Committed: only now does memory follow the database.
-        for tp, (_, next_offset) in moves.items():
-            self._parts[tp.partition].checkpoint = next_offset
-        for part, after in folded:
-            for run_id, view in after.items():
+        for part, next_offset in moved:
+            part.checkpoint = next_offset
+        for share, folded in applied:
+            views = share.part.views
+            for run_id, view in folded.after.items():
                 if view.state.status.finished:
-                    part.views.pop(run_id, None)
+                    views.pop(run_id, None)
                 else:
-                    part.views[run_id] = view
+                    views[run_id] = view
+        for share, folded in settled:
+            share.part.last = folded
+            if share.part.ahead is share:
+                share.part.ahead = None
         if applied:
             self.stats.batches += 1
-            self.stats.events += sum(len(fresh) for _, fresh in applied)
+            self.stats.events += sum(len(folded.fresh) for _, folded in applied)
             self.stats.dead_letters += len(dead)
         if applied and (flags.METRICS or flags.TRACING):
-            self._observe(applied, moves, started_ns)
+            self._observe(
+                [(share.tp, folded.fresh) for share, folded in applied], moves, batch.received_ns
+            )
         return outcomes
 
     def _observe(
@@ -440,22 +621,44 @@ class Projector:
             )
 
     async def _fold(
-        self, unit: ProjectionUnit, part: _Partition, records: Sequence[Any]
-    ) -> tuple[dict[str, r.RunView], r.Changes, list[tuple[Any, BaseException]]]:
+        self,
+        unit: ProjectionUnit | None,
+        part: _Partition,
+        records: Sequence[Any],
+        position: int | None,
+        base: int,
+        overlay: dict[str, r.RunView] | None,
+    ) -> _Folded | None:
+        """The partition's records from checkpoint ``base`` on, folded over the views in
+        memory (``overlay``, then ``part.views``); ``None`` if a run's earlier events
+        would have to be read and there is no ``unit`` to read the index in."""
+        fresh = [rec for rec in records if rec.offset >= base]
+        next_offset = max(base, fresh[-1].offset + 1 if fresh else 0, position or 0)
+        folded = _Folded(base, next_offset, fresh, len(records) - len(fresh), {}, r.Changes(), [])
+        if not fresh or next_offset == base:
+            return folded
+        # Ahead of its transaction (no unit), the fold lets the event loop turn
+        # every TURN_EVERY events: the transaction in flight goes on meanwhile.
+        turn = TURN_EVERY if unit is None else len(fresh) + 1
         decoded: list[tuple[Any, Event]] = []
-        dead: list[tuple[Any, BaseException]] = []
-        for rec in records:
+        dead = folded.dead
+        for i, rec in enumerate(fresh, 1):
             try:
                 decoded.append((rec, codec.decode_event(rec.value)))
             except codec.CodecError as exc:
                 dead.append((rec, exc))
+            if i % turn == 0:
+                await asyncio.sleep(0)
+        views = part.views
         before: dict[str, r.RunView | None] = {}
         unknown: dict[str, int] = {}
         for _, event in decoded:
             run_id = event.run_id
             if event.seq == 0 or run_id in before or run_id in unknown:
                 continue
-            view = part.views.get(run_id)
+            view = overlay.get(run_id) if overlay else None
+            if view is None:
+                view = views.get(run_id)
             if view is not None and view.state.seq == event.seq - 1:
                 before[run_id] = view
             elif event.seq == 1:
@@ -463,13 +666,17 @@ class Projector:
             else:
                 unknown[run_id] = event.seq
         if unknown:
+            if unit is None:
+                return None
             before.update(await self._load(unit, unknown))
         # One draft per run for the whole batch (ViewFold): the views in between
         # are never written, only each run's view after its last event.
         fold = r.ViewFold(before)
         apply, index_row = fold.apply, r.index_row_at
         index: list[r.EventIndexRow] = []
-        for rec, event in decoded:
+        for i, (rec, event) in enumerate(decoded, 1):
+            if i % turn == 0:
+                await asyncio.sleep(0)
             if event.seq == 0:
                 continue  # belongs to no run's history (see apex.projections.rows)
             try:
@@ -479,8 +686,9 @@ class Projector:
                 continue
             if applied:
                 index.append(index_row(event, rec.topic, rec.partition, rec.offset))
-        after = fold.freeze()
-        return after, r.changes_between(before, after, index), dead
+        folded.after = fold.freeze()
+        folded.changes = r.changes_between(before, folded.after, index)
+        return folded
 
     async def _load(
         self, unit: ProjectionUnit, first_seq: dict[str, int]

@@ -23,8 +23,9 @@ The backends differ only in how rows reach the tables:
 * :class:`StatementProjectionStore` — a multi-row ``INSERT ... SELECT FROM
   unnest(<one array per column>) ON CONFLICT DO UPDATE`` per table, every
   table's a CTE of ONE statement: one round trip whatever the batch size and
-  however many tables it touches. Low fixed cost: the live projector's small,
-  frequent batches.
+  however many tables it touches; each column travels as one joined text that
+  ``string_to_array`` splits (cheaper to encode than an array, see
+  ``_joined``). Low fixed cost: the live projector's small, frequent batches.
 * :class:`CopyProjectionStore` — ``COPY`` (binary) into the tables, through a
   temporary table and one ``INSERT ... SELECT ... ON CONFLICT`` merge for the
   upserted ones. High throughput: the bulk rebuild (DESIGN facts: COPY is 86k
@@ -315,9 +316,10 @@ class StatementProjectionStore(_PostgresStore):
     """Rows by ONE statement for every table: the live projector's.
 
     Each table's rows go as column arrays into ``INSERT ... SELECT * FROM
-    unnest($1::text[], $2::int8[], ...) ON CONFLICT ...``, and the tables'
-    inserts are data-modifying CTEs of one statement: one round trip and one
-    execution however many rows and tables — a batch of a few events costs
+    unnest($1::text[], $2::int8[], ...) ON CONFLICT ...`` (each array sent as
+    one joined text and split by ``string_to_array``: :func:`_joined`), and the
+    tables' inserts are data-modifying CTEs of one statement: one round trip and
+    one execution however many rows and tables — a batch of a few events costs
     little more than one event (``executemany`` would execute once per row, a
     statement per table would wait for five round trips). A table without rows
     gets empty arrays: an insert of nothing.
@@ -325,51 +327,69 @@ class StatementProjectionStore(_PostgresStore):
 
     def __init__(self, engine: AsyncEngine, schema: str, projection: str = PROJECTION) -> None:
         super().__init__(engine, schema, projection)
-        parts, first = [], 1
-        for spec in _SPECS:
-            upsert = _upsert_sql(
-                self.q, spec, f"{self.q}.{spec.table}", _unnest(spec, first), _from_ms(spec)
+        # Two forms of the same statement: columns as joined text (the usual one,
+        # see _joined) or as arrays (a batch with a value the text cannot carry).
+        self._sql: dict[bool, str] = {}
+        self._sql_advancing: dict[bool, str] = {}
+        for joined in (True, False):
+            parts, first = [], 1
+            for spec in _SPECS:
+                source = _unnest(spec, first, joined)
+                upsert = _upsert_sql(self.q, spec, f"{self.q}.{spec.table}", source, _from_ms(spec))
+                parts.append(f"w_{spec.table} AS ({upsert})")
+                first += len(spec.columns)
+            self._sql[joined] = f"WITH {', '.join(parts)} SELECT 1"
+            # The same, plus the checkpoints' advance: rows and checkpoints in one round trip.
+            advance = _advance_sql(f"{self.q}.projection_checkpoints", first)
+            self._sql_advancing[joined] = (
+                f"WITH {', '.join(parts)}, moved AS ({advance} RETURNING 1) "
+                "SELECT count(*) FROM moved"
             )
-            parts.append(f"w_{spec.table} AS ({upsert})")
-            first += len(spec.columns)
-        self._sql = f"WITH {', '.join(parts)} SELECT 1"
-        # The same, plus the checkpoints' advance: rows and checkpoints in one round trip.
-        advance = _advance_sql(f"{self.q}.projection_checkpoints", first)
-        self._sql_advancing = (
-            f"WITH {', '.join(parts)}, moved AS ({advance} RETURNING 1) SELECT count(*) FROM moved"
-        )
         self._empty: dict[str, list[list[Any]]] = {
             spec.attr: [[]] * len(spec.columns) for spec in _SPECS
         }
 
     async def _write(self, driver: Any, changes: r.Changes) -> None:
-        await driver.execute(self._sql, *self._arrays(changes))
+        joined, params = self._params(changes)
+        await driver.execute(self._sql[joined], *params)
 
     async def _write_advancing(
         self, driver: Any, changes: r.Changes, topic: str, moves: dict[int, tuple[int, int]]
     ) -> int:
         """Rows and checkpoints in one statement; how many checkpoints moved."""
+        joined, params = self._params(changes)
         moved: int = await driver.fetchval(
-            self._sql_advancing,
-            *self._arrays(changes),
+            self._sql_advancing[joined],
+            *params,
             self.projection,
             topic,
             *_move_arrays(moves, sorted(moves)),
         )
         return moved
 
-    def _arrays(self, changes: r.Changes) -> list[Any]:
-        arrays: list[Any] = []
+    def _params(self, changes: r.Changes) -> tuple[bool, list[Any]]:
+        """Each column as one text (``True``), or, if a value cannot be joined, as an array."""
+        columns = self._columns(changes)
+        texts = []
+        for values, text in zip(columns, _TEXT_COLUMNS, strict=True):
+            joined = _joined(values, text)
+            if joined is None:
+                return False, [list(values) for values in columns]
+            texts.append(joined)
+        return True, texts
+
+    def _columns(self, changes: r.Changes) -> list[Sequence[Any]]:
+        columns: list[Sequence[Any]] = []
         for spec in _SPECS:
             rows = getattr(changes, spec.attr)
             if rows:
-                columns: list[Any] = list(zip(*map(spec.to_db, rows), strict=True))
+                table: list[Any] = list(zip(*map(spec.to_db, rows), strict=True))
                 for i in spec.times:
-                    columns[i] = list(map(_epoch_ms, columns[i]))
-                arrays.extend(columns)
+                    table[i] = list(map(_epoch_ms, table[i]))
+                columns.extend(table)
             else:
-                arrays.extend(self._empty[spec.attr])
-        return arrays
+                columns.extend(self._empty[spec.attr])
+        return columns
 
 
 class CopyProjectionStore(_PostgresStore):
@@ -511,21 +531,73 @@ def _with_times(spec: _Spec) -> _Spec:
 
 _SPECS = tuple(_with_times(spec) for spec in _SPECS)
 
+_TEXT_COLUMNS: tuple[bool, ...] = tuple(
+    type(column.type).__name__ in ("Text", "JSONB")
+    for spec in _SPECS
+    for column in next(t for t in TABLES if t.name == spec.table).columns
+)
+"""For each parameter column of the statement backend, in order: text (or JSON text)?"""
+
 
 def _ident(column: str) -> str:
     return f'"{column}"'
 
 
-def _unnest(spec: _Spec, first: int = 1) -> str:
+def _unnest(spec: _Spec, first: int = 1, joined: bool = False) -> str:
     """``unnest($1::text[], ...) AS s(col, ...)``: a row source from one array per column
-    (parameters numbered from ``first``)."""
+    (parameters numbered from ``first``); ``joined``: from one text per column
+    (:func:`_joined`), split by ``string_to_array``."""
     table = next(t for t in TABLES if t.name == spec.table)
-    arrays = ", ".join(
-        f"${i}::{_SQL_TYPES[type(column.type).__name__]}[]"
-        for i, column in enumerate(table.columns, start=first)
-    )
+    if joined:
+        arrays = ", ".join(
+            f"string_to_array(${i}::text, {_SQL_SEPARATOR}, {_SQL_NULL})"
+            f"::{_SQL_TYPES[type(column.type).__name__]}[]"
+            for i, column in enumerate(table.columns, start=first)
+        )
+    else:
+        arrays = ", ".join(
+            f"${i}::{_SQL_TYPES[type(column.type).__name__]}[]"
+            for i, column in enumerate(table.columns, start=first)
+        )
     names = ", ".join(_ident(c) for c in spec.columns)
     return f"unnest({arrays}) AS s({names})"
+
+
+_SEPARATOR = "\x1f"
+_NULL = "\x1e"
+_SQL_SEPARATOR = "E'\\x1f'"
+_SQL_NULL = "E'\\x1e'"
+
+
+def _joined(values: Sequence[Any], text: bool) -> str | None:
+    """A column's values (``text``: strings, JSON text; else integers; ``None`` for NULL)
+    as one text: joined by the unit separator, NULL as the record separator, for
+    ``string_to_array(text, E'\\x1f', E'\\x1e')`` to split in PostgreSQL.
+
+    asyncpg encodes an array parameter element by element, with three ABC
+    ``isinstance`` checks per element to tell a nested array: turning a batch's
+    rows into parameters was about a fifth of the live projector's CPU (py-spy);
+    one ``str.join`` per column costs a small part of that. ``None`` when the text
+    cannot say it: a value holding either control character, or one empty string
+    alone (``string_to_array('')`` is the empty array) — then the batch goes as
+    arrays. JSON text never holds them raw (JSON escapes control characters).
+    """
+    if not values:
+        return ""
+    nulls = values.count(None)
+    if not text:  # digits and a minus sign: nothing to check
+        if nulls:
+            return _SEPARATOR.join([_NULL if v is None else str(v) for v in values])
+        return _SEPARATOR.join(map(str, values))
+    if nulls:
+        values = [_NULL if v is None else v for v in values]
+    try:
+        joined = _SEPARATOR.join(values)
+    except TypeError:  # not text after all: the array codec will say what it is
+        return None
+    if joined.count(_SEPARATOR) != len(values) - 1 or joined.count(_NULL) != nulls:
+        return None
+    return joined or None
 
 
 _SQL_TYPES = {

@@ -224,3 +224,56 @@ async def test_two_projectors_on_one_partition_take_turns_on_the_checkpoint(
 
     assert order == ["first commits", "second locks"]
     assert seen == 10
+
+
+# -- values that are hard to carry -----------------------------------------------------
+#
+# The statement backend sends each column as one joined text (``store._joined``) and
+# falls back to arrays for a batch the text cannot carry; the COPY backend sends binary
+# rows. Either way, what is read back is what was written.
+
+
+def odd_batch(
+    run_id: str, error: str | None, correlation_id: str, worker_id: str | None
+) -> r.Changes:
+    """A whole run's changes, with the given run id and odd values in its text columns."""
+    events = play("ok", run_id)
+    views = r.fold_views(events)
+    index = [r.event_index_row(e, r.LogPosition(TOPIC, 0, i)) for i, e in enumerate(events)]
+    changes = r.changes_between({}, views, index)
+    changes.runs = [
+        row._replace(error=error, correlation_id=correlation_id) for row in changes.runs
+    ]
+    changes.steps = [row._replace(worker_id=worker_id, error=error) for row in changes.steps]
+    return changes
+
+
+@pytest.mark.parametrize(
+    ("run_id", "error", "correlation_id", "worker_id"),
+    [
+        # Joined text carries these: SQL and array-literal syntax, empty strings, NULLs.
+        ("rün-1 ✓", 'NULL {"a,b"} \\ \' "', "", None),
+        ("run-2", "", "NULL", ""),
+        # These hold the separator or the NULL mark: the batch goes as arrays.
+        ("run-3", "tab\x1fseparated", "\x1e", "\x1e"),
+        ("run\x1f4", None, "c\x1ed", "w"),
+    ],
+    ids=["syntax", "empty-and-null-words", "control-characters", "control-in-key"],
+)
+async def test_odd_text_values_read_back_exactly(
+    store: ProjectionStore,
+    run_id: str,
+    error: str | None,
+    correlation_id: str,
+    worker_id: str | None,
+) -> None:
+    changes = odd_batch(run_id, error, correlation_id, worker_id)
+    async with store.transaction() as unit:
+        locked = await unit.lock_checkpoint(TOPIC, 0)
+        await unit.write_and_advance(changes, TOPIC, {0: (locked, len(changes.events))})
+
+    tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
+    assert tables["runs"] == [tuple(row) for row in changes.runs]
+    assert tables["steps"] == sorted(tuple(row) for row in changes.steps)
+    assert tables["event_index"] == sorted(tuple(row) for row in changes.events)
+    assert tables["definition_counts"] == [tuple(row) for row in changes.counts]
