@@ -102,6 +102,10 @@ CONSUMED_HEADER = "apex.consumed"
 """On a transaction's last event: the offset of the next command of its partition (ASCII)."""
 HINT_S = 1.0
 """How often the group's committed offsets are refreshed from the transactions' own."""
+DEFINITIONS_REFRESH_S = 1.0
+"""Most often a run started without a version makes the catalog read ``apex.definitions``
+to its end (see ``Orchestrator._resolve_definition``)."""
+
 BACKLOG_BATCHES = 4
 """A partition's fetching pauses while this many batches of its commands wait."""
 
@@ -145,8 +149,6 @@ class _Batch:
     """Runs that began (their context) or ended (``None``) in this batch; tracing only."""
     measured: _Measured | None = None
     """With metrics on: what the batch's metrics will count once it commits."""
-    definitions_read: bool = False
-    """The definitions topic was read to its end for this batch (see ``_resolve_definition``)."""
 
 
 @dataclass
@@ -189,6 +191,7 @@ class Orchestrator:
         self.settings = settings
         self._commit_hints = commit_hints
         self._next_hint = 0.0
+        self._definitions_due = 0.0
         self._partitions = 0
         self.group = f"{settings.topic_prefix}orchestrator"
         self.instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
@@ -517,7 +520,7 @@ class Orchestrator:
                 )
             state = batch.runs.get(command.run_id) or part.runs.get(command.run_id)
             if isinstance(command, cmd.StartRun) and state is None:
-                command = await self._resolve_definition(command, batch)
+                command = await self._resolve_definition(command)
             if measured is None:
                 events, after = decide_and_evolve(state, command)
             else:
@@ -615,19 +618,19 @@ class Orchestrator:
                 out.append((self._results_topic, key, codec.encode_step_result(message), headers))
         return out
 
-    async def _resolve_definition(self, command: cmd.StartRun, batch: _Batch) -> cmd.StartRun:
-        """The command with its definition; without a version, the latest registered
-        before its batch was decided.
+    async def _resolve_definition(self, command: cmd.StartRun) -> cmd.StartRun:
+        """The command with its definition; without a version, the latest one registered
+        up to :data:`DEFINITIONS_REFRESH_S` before the run is decided.
 
-        The catalog reads the definitions topic only on a miss, so "latest" would
-        otherwise stay the version it knew first: a StartRun without a version
-        sent after registering version 2 ran version 1. Reading the topic to its
-        end costs a round trip when nothing is new, paid once per batch that
-        starts such a run.
+        The catalog reads the definitions topic only on a miss, so "latest" stayed
+        the version it knew first: a StartRun without a version sent after version
+        2 was registered ran version 1. Reading the topic to its end for every
+        batch that starts such a run halved throughput at 100 concurrent runs
+        (chain5: 1,340 -> 550 steps/s), so it is read at most once a second.
         """
-        if command.definition_version is None and not batch.definitions_read:
+        if command.definition_version is None and time.monotonic() >= self._definitions_due:
+            self._definitions_due = time.monotonic() + DEFINITIONS_REFRESH_S
             await self._catalog.refresh()
-            batch.definitions_read = True
         definition = await self._catalog.resolve(
             command.definition_name, command.definition_version
         )

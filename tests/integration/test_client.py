@@ -12,6 +12,7 @@ import pytest
 from apex import ApexClient, RunResult, SyncApexClient
 from apex.client import TopicNotFound
 from apex.kafka.clients import make_consumer
+from streams.orchestrator import DEFINITIONS_REFRESH_S
 from tests.conftest import TopicFactory
 from tests.integration.deployment import Deployment, deployment, eventually, gated, hello
 
@@ -43,6 +44,7 @@ async def test_a_run_without_a_version_starts_the_latest_registered(
     assert (await client.wait([first], timeout_s=30))[first].definition == "evolving@1"
 
     await client.register(replace(hello("evolving"), version=2))
+    await asyncio.sleep(DEFINITIONS_REFRESH_S)  # "latest" may lag registration this long
     second = await client.start_run("evolving", {"who": "ada"})
     assert (await client.wait([second], timeout_s=30))[second].definition == "evolving@2"
 
