@@ -5,7 +5,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Re-install only when the dependencies change (pyproject.toml, constraints.txt).
+# Re-install only when the dependencies or the C part of the codec change.
 STAMP  := $(VENV)/.apex-installed
 
 .PHONY: demo test install up down lint
@@ -22,7 +22,7 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt apex/_avro.c
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
