@@ -48,7 +48,7 @@ from apex.domain import commands as cmd
 from apex.domain.definitions import WorkflowDefinition
 from apex.domain.messages import RunResult, StepResult
 from apex.domain.validation import ensure_valid
-from apex.kafka.clients import make_producer
+from apex.kafka.clients import RecordTooLarge, make_producer, oversize
 from apex.kafka.topology import ensure_topics
 from apex.queries import PendingApproval, ReadModels, RunInfo, RunPage
 from apex.subscription import Result, ResultKind, Subscription
@@ -69,8 +69,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def run_id_for(definition_name: str, idempotency_key: str) -> str:
     """The run id an idempotency key maps to: the same key always lands on one run."""
     return str(uuid.uuid5(_RUN_NAMESPACE, f"{definition_name}\x00{idempotency_key}"))
-
-
 
 
 class TopicNotFound(LookupError):
@@ -232,15 +230,17 @@ class ApexClient:
         the ``CommandRejected`` if the orchestrator refuses it.
         """
         topic = self.settings.topic("commands")
+        value, key = codec.encode_command(command), command.run_id.encode()
         attributes = {tracing.RUN_ID: command.run_id, tracing.COMMAND_TYPE: type(command).__name__}
         # With tracing on, the run's trace starts here (or inside the caller's span).
         with tracing.producer_span(topic, key=command.run_id, attributes=attributes) as headers:
-            await self._started().send_and_wait(
-                topic,
-                value=codec.encode_command(command),
-                key=command.run_id.encode(),
-                headers=headers,
-            )
+            limit = self.settings.max_record_bytes
+            if (size := oversize(key, value, headers, limit)) is not None:
+                raise RecordTooLarge(
+                    f"{type(command).__name__} for run {command.run_id!r} is a {size:,}-byte "
+                    f"record, over the {limit:,}-byte limit (APEX_MAX_RECORD_BYTES): not sent"
+                )
+            await self._started().send_and_wait(topic, value=value, key=key, headers=headers)
         return command.command_id
 
     # -- business events ------------------------------------------------------------------------

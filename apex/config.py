@@ -69,6 +69,13 @@ class Settings:
     linger_ms: int = _setting(
         "APEX_LINGER_MS", 1, "Producer linger: how long a batch waits for more records."
     )
+    max_record_bytes: int = _setting(
+        "APEX_MAX_RECORD_BYTES",
+        1_000_000,
+        "Largest record Apex writes (value, key and headers, as Kafka counts them); keep it at "
+        "most the broker's message.max.bytes (1,048,588 by default). A command whose decision "
+        "would write a larger one goes to the DLQ; a task whose report would is failed.",
+    )
     fetch_max_wait_ms: int = _setting(
         "APEX_FETCH_MAX_WAIT_MS", 20, "Consumer fetch wait; it bounds the idle latency of a hop."
     )

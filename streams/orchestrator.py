@@ -83,8 +83,10 @@ from apex.domain.outbox import outbound
 from apex.domain.state import RunState, evolve, retire
 from apex.kafka.clients import (
     Record,
+    RecordTooLarge,
     make_consumer,
     make_producer,
+    oversize,
     partition_for,
     send_batched,
 )
@@ -529,40 +531,11 @@ class Orchestrator:
                 events, after = decide_and_evolve(state, command)
                 measured.decisions.append(time.perf_counter() - started)
                 measured.commands[type(command).__name__] += 1
-                measured.events.update(type(event).__name__ for event in events)
         except Exception as exc:  # bad input, or a decider bug: set aside, go on
-            log.error(
-                "command at %s[%d]@%d to the DLQ: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                exc,
-                extra={"run_id": _key_text(record.key)},
-            )
-            self.stats.dead_letters += 1
-            if measured is not None:
-                measured.dead_letters += 1
-            if span is not None:
-                tracing.record_error(span, exc)
-            letter = dead_letter(self.settings, record, "orchestrator", exc)
-            return [(letter.topic, letter.key, letter.value, letter.headers)]
-        if after is not None:
-            batch.runs[command.run_id] = after
-        self.stats.events += len(events)
+            return self._dead_letter(batch, record, span, exc)
         headers: Headers = forwarded or []
         if span is not None:
             headers = tracing.headers_of(span)
-            span.set_attributes(
-                {
-                    tracing.RUN_ID: command.run_id,
-                    tracing.COMMAND_TYPE: type(command).__name__,
-                    tracing.EVENTS: len(events),
-                }
-            )
-            if after is not None and after.status.finished:
-                batch.trace_roots[command.run_id] = None
-            elif state is None and after is not None:
-                batch.trace_roots[command.run_id] = span.get_span_context()
         chain = batch.chains.get(command.run_id) or part.chains.get(command.run_id, GENESIS)
         out: list[_Out] = []
         for event in events:
@@ -579,9 +552,65 @@ class Orchestrator:
                 continue
             chain = link(chain, value)
             out.append((self._events_topic, record.key, value, [*headers, (CHAIN_HEADER, chain)]))
+        out += self._outbound(command.run_id, events, after, headers, span)
+        too_large = self._too_large(out)
+        if too_large is not None:  # the decision is dropped: nothing of it is written
+            return self._dead_letter(batch, record, span, too_large)
         if after is not None:
+            batch.runs[command.run_id] = after
             batch.chains[command.run_id] = chain
-        return out + self._outbound(command.run_id, events, after, headers, span)
+        self.stats.events += len(events)
+        if measured is not None:
+            measured.events.update(type(event).__name__ for event in events)
+        if span is not None:
+            span.set_attributes(
+                {
+                    tracing.RUN_ID: command.run_id,
+                    tracing.COMMAND_TYPE: type(command).__name__,
+                    tracing.EVENTS: len(events),
+                }
+            )
+            if after is not None and after.status.finished:
+                batch.trace_roots[command.run_id] = None
+            elif state is None and after is not None:
+                batch.trace_roots[command.run_id] = span.get_span_context()
+        return out
+
+    def _too_large(self, out: list[_Out]) -> RecordTooLarge | None:
+        """The error for the first record over ``max_record_bytes``, if one is.
+
+        The broker would refuse it and, with it, the whole transaction: the
+        orchestrator would stop, and stop again on the same command after a restart.
+        """
+        limit = self.settings.max_record_bytes
+        for topic, key, value, headers in out:
+            if (size := oversize(key, value, headers, limit)) is not None:
+                return RecordTooLarge(
+                    f"the decision would write a {size:,}-byte record to {topic} "
+                    f"({codec.schema_name_of(value or b'')}), over the {limit:,}-byte limit "
+                    "(APEX_MAX_RECORD_BYTES, at most the broker's message.max.bytes)"
+                )
+        return None
+
+    def _dead_letter(
+        self, batch: _Batch, record: Any, span: Span | None, exc: Exception
+    ) -> list[_Out]:
+        """The command set aside in ``apex.dlq`` with the reason; processing goes on."""
+        log.error(
+            "command at %s[%d]@%d to the DLQ: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+            extra={"run_id": _key_text(record.key)},
+        )
+        self.stats.dead_letters += 1
+        if batch.measured is not None:
+            batch.measured.dead_letters += 1
+        if span is not None:
+            tracing.record_error(span, exc)
+        letter = dead_letter(self.settings, record, "orchestrator", exc)
+        return [(letter.topic, letter.key, letter.value, letter.headers)]
 
     def _outbound(
         self,

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
 from apex.domain.errors import DefinitionError
+from apex.kafka.clients import RecordTooLarge
 
 __all__ = ["ApiError", "check_json", "install_error_handlers", "problem"]
 
@@ -58,6 +59,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DefinitionError, _definition_error)  # type: ignore[arg-type]
     app.add_exception_handler(DBAPIError, _database_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(KafkaError, _kafka_unavailable)
+    app.add_exception_handler(RecordTooLarge, _too_large)  # type: ignore[arg-type]
+
+
+async def _too_large(request: Request, exc: RecordTooLarge) -> JSONResponse:
+    """A command over the record limit (a huge input or payload): a 413, nothing sent."""
+    limit = problem("body", "send less, or raise APEX_MAX_RECORD_BYTES with the broker's limit")
+    return JSONResponse({"detail": str(exc), "problems": [limit]}, 413)
 
 
 async def _database_unavailable(request: Request, exc: DBAPIError) -> JSONResponse:

@@ -47,12 +47,16 @@ RunStatus = Literal["running", "completed", "failed", "cancelled"]
 
 NOT_FOUND = errors(e404="No run of this key's tenant has this id.")
 FINISHED = errors(e409="The read models show the run finished already.")
+TOO_LARGE = errors(e413="The command would be over the record limit (APEX_MAX_RECORD_BYTES).")
 
 
 @router.post(
     "",
     status_code=202,
-    responses=errors(e422="Unknown definition, or an input that breaks its contract."),
+    responses={
+        **errors(e422="Unknown definition, or an input that breaks its contract."),
+        **TOO_LARGE,
+    },
 )
 async def start_run(body: StartRunRequest, gw: GatewayDep, key: Publisher) -> StartedRun:
     """Start a run of a registered definition. Same idempotency key, same run."""
@@ -141,7 +145,7 @@ async def cancel_run(
     return Accepted(run_id=run_id, command="CancelRun", command_id=command_id)
 
 
-@router.post("/{run_id}/signals", status_code=202, responses={**NOT_FOUND, **FINISHED})
+@router.post("/{run_id}/signals", status_code=202, responses={**NOT_FOUND, **FINISHED, **TOO_LARGE})
 async def send_signal(
     run_id: RunId, body: SignalRequest, gw: GatewayDep, key: Publisher
 ) -> Accepted:

@@ -30,6 +30,7 @@ from typing import Any
 import aiokafka.producer.sender as _sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from apex.config import Settings
 
@@ -97,6 +98,24 @@ class _Producer(AIOKafkaProducer):  # type: ignore[misc]
 
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
 """One record to produce: topic, key, value, headers."""
+
+
+class RecordTooLarge(ValueError):
+    """A record over ``APEX_MAX_RECORD_BYTES``: the broker would refuse it, and its transaction."""
+
+
+def oversize(
+    key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None, limit: int
+) -> int | None:
+    """The bytes of a record over ``limit``, as Kafka counts them; ``None`` if it fits."""
+    if len(value or b"") + _HEADROOM <= limit:
+        return None
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers or [])
+    return size if size > limit else None
+
+
+_HEADROOM = 16 * 1024
+"""A value this far under the limit fits with Apex's keys and headers: no need to count them."""
 
 
 async def send_batched(producer: AIOKafkaProducer, records: Iterable[Record]) -> list[Any]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apex.config import Settings
+from apex.kafka.clients import oversize
 
 REASON = "apex.dlq.reason"
 ERROR_TYPE = "apex.dlq.error_type"
@@ -17,6 +18,8 @@ SOURCE_TOPIC = "apex.dlq.topic"
 SOURCE_PARTITION = "apex.dlq.partition"
 SOURCE_OFFSET = "apex.dlq.offset"
 STAGE = "apex.dlq.stage"
+VALUE_OMITTED = "apex.dlq.value_omitted"
+"""Set (to the original's size) when the letter carries no value: it was over the limit."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,13 @@ def dead_letter(
         (SOURCE_OFFSET, str(record.offset).encode()),
         (STAGE, stage.encode()),
     ]
-    return DeadLetter(settings.topic("dlq"), record.key, record.value, headers)
+    value = record.value
+    if oversize(record.key, value, headers, settings.max_record_bytes) is not None:
+        # Too large to set aside whole (the broker's limit is over Apex's): the
+        # original stays where the headers say, and the letter says why it is empty.
+        headers.append((VALUE_OMITTED, str(len(value or b"")).encode()))
+        value = None
+    return DeadLetter(settings.topic("dlq"), record.key, value, headers)
 
 
 def header(headers: Any, name: str) -> str | None:

@@ -49,6 +49,7 @@ from apex.domain.commands import (
     ReportTaskSucceeded,
 )
 from apex.domain.messages import TaskDispatch
+from apex.kafka.clients import RecordTooLarge, oversize
 from apex.kafka.dlq import DeadLetter
 from apex.telemetry.propagation import TRACE_HEADERS
 from apex.worker.agent import Agent
@@ -75,12 +76,22 @@ class Reporter:
         self.producer = producer
         self.worker_id = worker_id
         self._commands_topic = settings.topic("commands")
+        self._max_record_bytes = settings.max_record_bytes
 
     async def send(self, command: Command, headers: Headers) -> asyncio.Future[Any]:
-        """Queue ``command`` for ``apex.commands``, keyed by its run id (that is its order)."""
-        value = codec.encode_command(command)
+        """Queue ``command`` for ``apex.commands``, keyed by its run id (that is its order).
+
+        :class:`RecordTooLarge` if it is over ``APEX_MAX_RECORD_BYTES``: nothing is sent.
+        """
+        value, key = codec.encode_command(command), command.run_id.encode()
+        limit = self._max_record_bytes
+        if (size := oversize(key, value, headers, limit)) is not None:
+            raise RecordTooLarge(
+                f"the {type(command).__name__} would be a {size:,}-byte record, over the "
+                f"{limit:,}-byte limit (APEX_MAX_RECORD_BYTES)"
+            )
         future: asyncio.Future[Any] = await self.producer.send(
-            self._commands_topic, value=value, key=command.run_id.encode(), headers=headers
+            self._commands_topic, value=value, key=key, headers=headers
         )
         return future
 
@@ -338,13 +349,18 @@ class TaskRun:
         self.outcome = outcome
         try:
             return await self._send(outcome)
-        except codec.CodecError as exc:  # the output is not a JSON value
+        except (codec.CodecError, RecordTooLarge) as exc:  # not JSON, or too large to report
             output = getattr(outcome, "output", None)
             self.ctx.logger.error("output cannot be reported: %s", exc)
-            self.error = TypeError(
-                f"agent {self.agent.capability!r} returned a value that is not JSON "
-                f"({type(output).__name__}): {exc}"
-            )
+            if isinstance(exc, RecordTooLarge):
+                self.error = RecordTooLarge(
+                    f"agent {self.agent.capability!r} returned an output too large to report: {exc}"
+                )
+            else:
+                self.error = TypeError(
+                    f"agent {self.agent.capability!r} returned a value that is not JSON "
+                    f"({type(output).__name__}): {exc}"
+                )
             failed = self._report(
                 ReportTaskFailed, "failed", error=describe(self.error), retryable=False
             )

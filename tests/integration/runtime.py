@@ -141,6 +141,19 @@ async def read_dlq(settings: Settings) -> list[Any]:
     return await _read_all(settings, settings.topic("dlq"))
 
 
+async def wait_dlq(settings: Settings, timeout_s: float = 30) -> list[Any]:
+    """The DLQ's records once there is one (a letter may land after other work finishes)."""
+    letters: list[Any] = []
+
+    async def some() -> bool:
+        nonlocal letters
+        letters = await read_dlq(settings)
+        return bool(letters)
+
+    await until(some, "a dead letter", timeout_s)
+    return letters
+
+
 async def until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 30) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

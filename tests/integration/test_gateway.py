@@ -229,6 +229,12 @@ async def test_start_refuses_an_unknown_definition_or_a_bad_input(
          "step": None, "field": None},
     ] or "who" in bad.json()["problems"][0]["message"]  # fmt: skip
     assert nul.status_code == 422 and nul.json()["problems"][0]["where"] == "body.input.who"
+    huge = await http.post(
+        "/v1/runs", json={"definition": "http-contract", "input": {"who": "x" * 1_100_000}},
+        headers=headers,
+    )  # fmt: skip
+    assert huge.status_code == 413, huge.text
+    assert "over the 1,000,000-byte limit (APEX_MAX_RECORD_BYTES)" in huge.json()["detail"]
 
 
 async def test_approve_from_the_http_inbox(

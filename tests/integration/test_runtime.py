@@ -189,7 +189,7 @@ async def test_approval_granted_and_rejected(apex_settings: Settings) -> None:
 async def test_undecodable_command_goes_to_dlq_and_processing_goes_on(
     apex_settings: Settings,
 ) -> None:
-    from tests.integration.runtime import read_dlq
+    from tests.integration.runtime import wait_dlq
 
     @agent("ok")
     async def ok(input: dict[str, Any]) -> dict[str, Any]:
@@ -201,12 +201,7 @@ async def test_undecodable_command_goes_to_dlq_and_processing_goes_on(
         run_id = await rt.client.start_run("dlq")
         history = await rt.wait_finished(run_id)
         # The bad record sits on another partition than the run: wait for its letter.
-        letters: list[Any] = []
-        for _ in range(100):
-            letters = await read_dlq(apex_settings)
-            if letters:
-                break
-            await asyncio.sleep(0.3)
+        letters = await wait_dlq(apex_settings)
     assert isinstance(history[-1], ev.RunCompleted)
     (letter,) = letters
     headers = dict(letter.headers)

@@ -1,15 +1,18 @@
-"""The producers' partitioner: Kafka's default placement, with the hash remembered."""
+"""The producers' partitioner (Kafka's default placement, the hash remembered); record sizes."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from types import SimpleNamespace
 
 import aiokafka.producer.sender as sender
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from apex.config import Settings
-from apex.kafka.clients import _partitioner, make_producer, partition_for
+from apex.kafka.clients import RecordTooLarge, _partitioner, make_producer, oversize, partition_for
+from apex.kafka.dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, VALUE_OMITTED, dead_letter
 
 
 def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
@@ -60,3 +63,35 @@ async def test_a_transactional_producer_retries_concurrent_transactions_at_the_s
         assert sender.BACKOFF_OVERRIDE == 0.003
     finally:
         sender.BACKOFF_OVERRIDE = before
+
+
+def test_oversize_counts_the_record_as_kafka_does_and_only_when_it_can_matter() -> None:
+    headers = [("traceparent", b"00-" + b"a" * 50), ("apex.chain", bytes(32))]
+    value = b"v" * 100_000
+    exact = DefaultRecordBatchBuilder.estimate_size_in_bytes(b"run-1", value, headers)
+    assert oversize(b"run-1", value, headers, exact) is None
+    assert oversize(b"run-1", value, headers, exact - 1) == exact
+    assert oversize(b"run-1", b"small", headers, 1_000_000) is None
+    assert oversize(None, None, None, 1_000_000) is None
+
+
+def test_a_dead_letter_over_the_limit_keeps_its_headers_and_says_why_it_has_no_value() -> None:
+    settings = replace(Settings.from_env({}), max_record_bytes=50_000)
+    record = SimpleNamespace(
+        topic="apex.commands", partition=2, offset=41, key=b"run-1", value=b"x" * 60_000, headers=[]
+    )
+    letter = dead_letter(settings, record, "orchestrator", RecordTooLarge("too large"))
+    headers = dict(letter.headers)
+    assert letter.value is None and letter.key == b"run-1"
+    assert headers[VALUE_OMITTED] == b"60000"
+    assert (headers[SOURCE_TOPIC], headers[SOURCE_PARTITION], headers[SOURCE_OFFSET]) == (
+        b"apex.commands",
+        b"2",
+        b"41",
+    )
+    fits = dead_letter(settings, replace_value(record, b"x" * 100), "orchestrator", "invalid")
+    assert fits.value == b"x" * 100 and VALUE_OMITTED not in dict(fits.headers)
+
+
+def replace_value(record: SimpleNamespace, value: bytes) -> SimpleNamespace:
+    return SimpleNamespace(**{**vars(record), "value": value})
