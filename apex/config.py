@@ -69,6 +69,12 @@ class Settings:
     linger_ms: int = _setting(
         "APEX_LINGER_MS", 1, "Producer linger: how long a batch waits for more records."
     )
+    event_loop: str = _setting(
+        "APEX_EVENT_LOOP",
+        "uvloop",
+        "Event loop of the services and workers: uvloop (in C; less CPU and a shorter hop at "
+        "low load) or asyncio (the standard library's).",
+    )
     max_record_bytes: int = _setting(
         "APEX_MAX_RECORD_BYTES",
         1_000_000,

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import typer
 
-from apex import gcpolicy, telemetry
+from apex import service, telemetry
 from apex.config import Settings
 
 
@@ -81,8 +81,7 @@ def _serve(
 
     try:
         telemetry.setup(settings, service_name)
-        gcpolicy.tune_for_service()
-        asyncio.run(main())
+        service.run(main(), settings)
     except Exception as exc:  # a failed transaction, a lost broker: say so, exit non-zero
         logging.getLogger("apex").critical("stopped: %s", exc)
         raise typer.Exit(1) from exc

@@ -67,7 +67,8 @@ def run(
     offsets; bad records go to the DLQ with the reason. A new consumer group
     starts at APEX_TRIGGERS_START (latest by default).
     """
-    from apex import gcpolicy, telemetry
+    from apex import service as apex_service
+    from apex import telemetry
 
     settings = Settings.from_env()
     telemetry.configure_logging(settings.log_format, log_level.upper())
@@ -81,9 +82,8 @@ def run(
         print_error("apex triggers run: cannot start", str(exc))
         raise typer.Exit(2) from None
     telemetry.setup(settings, "apex-triggers")
-    gcpolicy.tune_for_service()
     try:
-        asyncio.run(_run_until_signal(service))
+        apex_service.run(_run_until_signal(service), settings)
     except TransactionFailed as exc:
         print_error("apex triggers run failed", str(exc))
         raise typer.Exit(1) from None

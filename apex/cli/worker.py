@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Annotated
 
 import typer
 
-from apex import gcpolicy
+from apex import service
 from apex.cli._console import print_error
 from apex.config import Settings
 from apex.worker import WorkerError
@@ -60,9 +59,8 @@ def worker(
     except (LoadError, TypeError, ValueError) as exc:
         print_error(f"apex worker: cannot load {target}", str(exc))
         raise typer.Exit(2) from None
-    gcpolicy.tune_for_service()
     try:
-        asyncio.run(run_worker(runner))
+        service.run(run_worker(runner), settings)
     except WorkerError as exc:
         print_error("apex worker failed", str(exc))
         raise typer.Exit(1) from None
