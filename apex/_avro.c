@@ -193,9 +193,20 @@ get_field(PyObject *message, Field *f)
     return value;
 }
 
+static int
+initialised(Record *self)
+{
+    if (self->header != NULL)
+        return 1;
+    PyErr_SetString(PyExc_TypeError, "an uninitialised Record");
+    return 0;
+}
+
 static PyObject *
 Record_write(Record *self, PyObject *message)
 {
+    if (!initialised(self))
+        return NULL;
     if (Py_TYPE(message) != (PyTypeObject *)self->cls) {
         PyErr_SetString(PyExc_TypeError, "a message of another type");
         return NULL;
@@ -364,7 +375,7 @@ static PyObject *
 Record_read(Record *self, PyObject *data)
 {
     Py_buffer view;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+    if (!initialised(self) || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     Reader r = {view.buf, PyBytes_GET_SIZE(self->header), view.len};
     PyObject *values[MAX_FIELDS];
@@ -471,7 +482,10 @@ Record_init(Record *self, PyObject *args, PyObject *kwds)
         PyErr_Format(PyExc_ValueError, "more than %d fields", MAX_FIELDS);
         return -1;
     }
-    Record_clear_fields(self);
+    if (self->fields != NULL) { /* a Record in use must not change under its callers */
+        PyErr_SetString(PyExc_TypeError, "a Record is initialised once");
+        return -1;
+    }
     Py_XSETREF(self->header, Py_NewRef(header));
     Py_XSETREF(self->cls, Py_NewRef(cls));
     Py_XSETREF(self->make, none_to_null(make));

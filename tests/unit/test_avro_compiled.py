@@ -128,3 +128,18 @@ def test_a_field_type_not_covered_gets_no_compiled_codec() -> None:
         x: float
 
     assert compile_record(Floaty, schema, HEADER, {}) is None
+
+
+def test_a_record_is_initialised_once_and_refuses_work_before() -> None:
+    from apex import _avro
+
+    blank = _avro.Record.__new__(_avro.Record)
+    with pytest.raises(TypeError, match="uninitialised"):
+        blank.read(HEADER)
+    with pytest.raises(TypeError, match="uninitialised"):
+        blank.write(Slotted("n", 1, True, Color.R, None, None))
+    compiled = compile_record(Slotted, SCHEMA, HEADER, CONVERSIONS)
+    assert compiled is not None
+    record = compiled[0].__self__  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="initialised once"):
+        record.__init__(HEADER, Slotted, (), None)
