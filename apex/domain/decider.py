@@ -36,7 +36,7 @@ from apex.domain import commands as cmd
 from apex.domain import events as ev
 from apex.domain.definitions import JSON, FailurePolicy, GateWhen, Ref, StepDefinition
 from apex.domain.errors import DefinitionError
-from apex.domain.frozen import constructor
+from apex.domain.frozen import building, constructor
 from apex.domain.rules import backoff_ms, contract_violations, holds, resolve, resolve_inputs
 from apex.domain.state import (
     FoldError,
@@ -192,24 +192,30 @@ def emit(d, {own}):
     if run_id != run.run_id:
         raise FoldError(f"event of run {{run_id}} applied to run {{run.run_id}}")
     seq = run.seq + 1
-    event = new(run_id, seq, command.command_id, run.correlation_id, command.issued_at_ms, {own})
-    d.events.append(event)
+{build}    d.events.append(event)
     rule(run, event)
     run.seq = seq
     return event
 """
 _HEADER = tuple(f.name for f in fields(ev.Event))
 """The fields every event starts with, which ``emit`` fills from the decision."""
+_HEADER_VALUES = (
+    "run_id", "seq", "command.command_id", "run.correlation_id", "command.issued_at_ms"
+)  # fmt: skip
+"""What ``emit`` fills them with: the run's next event, caused by the decision's command."""
 
 
 def _emitter(event_type: type[E]) -> Callable[..., E]:
     names = [f.name for f in fields(event_type)]
     if tuple(names[: len(_HEADER)]) != _HEADER:
         raise TypeError(f"{event_type.__name__} does not start with the fields of Event")
-    own = ", ".join(names[len(_HEADER) :])
-    new = constructor(event_type)
-    namespace: dict[str, Any] = {"new": new, "rule": fold_rule(event_type), "FoldError": FoldError}
-    exec(_EMITTER_SOURCE.format(own=own), namespace)
+    own = names[len(_HEADER) :]
+    new = constructor(event_type)  # checks that the statements below build an event_type
+    # The event is built in ``emit`` itself, not by calling ``new``: one call less
+    # for every event.
+    build, namespace = building(event_type, "event", (*_HEADER_VALUES, *own))
+    namespace.update(rule=fold_rule(event_type), FoldError=FoldError)
+    exec(_EMITTER_SOURCE.format(own=", ".join(own), build=build), namespace)
     emit: Callable[..., E] = namespace["emit"]
     emit.__defaults__ = new.__defaults__  # the defaults of the trailing fields that have one
     emit.__qualname__ = emit.__name__ = f"emit_{event_type.__name__}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from apex.domain import events as ev
 from apex.domain.definitions import JSON, GateWhen, StepDefinition, WorkflowDefinition
-from apex.domain.frozen import become, constructor
+from apex.domain.frozen import constructor
 from apex.domain.graph import sinks, topological_order
 
 
@@ -204,9 +204,9 @@ class RunDraft:
     into one draft builds one state at the end instead of one per event (a
     ``RunState`` has 19 fields, so building it was a good part of each event's
     cost). A draft reads like the state it will be (the same attribute names)
-    and has its own copies of the step and timer maps, so no ``RunState`` is
-    ever changed; once frozen, the draft *is* the state (see :meth:`freeze`)
-    and is done.
+    and has its own copy of the step map, and replaces the timer map where it
+    changes, so no ``RunState`` is ever changed; once frozen, the draft *is* the
+    state (see :meth:`freeze`) and is done.
     """
 
     # The same slots as RunState, in the same order: the layout that lets
@@ -224,9 +224,10 @@ class RunDraft:
         self.started_at_ms = s.started_at_ms
         self.seq = s.seq
         self.status = s.status
-        self.steps = dict(s.steps)
-        timers = s.timers
-        self.timers = {} if timers is _NO_TIMERS else dict(timers)
+        self.steps = {**s.steps}
+        # The rules replace the timers map instead of changing it (they are few, and
+        # most commands change none): the draft starts with the state's own.
+        self.timers: Mapping[str, PendingTimer] = s.timers
         self.order = s.order
         self.step_defs = s.step_defs
         self.signals = s.signals
@@ -275,24 +276,27 @@ class RunDraft:
         the end of every command. From then on it is frozen like any state.
         """
         if not self.timers:
-            # Most runs wait with no timer: they share one read-only map. The draft's
-            # map is typed a dict for the rules, which are done with it now.
-            self.timers = _NO_TIMERS  # type: ignore[assignment]
-        return become(self, RunState)
+            self.timers = _NO_TIMERS  # most runs wait with no timer: they share one map
+        # CPython refuses (TypeError) unless both classes have the same slots on the
+        # same base (checked below the class).
+        self.__class__ = RunState  # type: ignore[assignment]
+        return self  # type: ignore[return-value]
 
     def drop_timers(self, step_id: str, purposes: frozenset[str]) -> None:
         """Forget the step's pending timers for ``purposes`` (they no longer matter)."""
         timers = self.timers
         # Called on every dispatch and every success, and nearly always finds
-        # nothing: look first, and copy the (few) entries only to delete some.
+        # nothing: look first, and copy the (few) entries only to drop some.
         for timer in timers.values():
             if timer.step_id == step_id and timer.purpose in purposes:
                 break
         else:
             return
-        for timer_id, timer in list(timers.items()):
-            if timer.step_id == step_id and timer.purpose in purposes:
-                del timers[timer_id]
+        self.timers = {
+            timer_id: timer
+            for timer_id, timer in timers.items()
+            if timer.step_id != step_id or timer.purpose not in purposes
+        }
 
 
 if RunDraft.__slots__ != RunState.__slots__ or RunDraft.__bases__ != RunState.__bases__:
@@ -341,8 +345,9 @@ def _step_changed(old: StepState, **changes: Any) -> StepState:
 # they all point at, never a copy per run: the definition and what is derived from
 # it (``step_graph``), the empty maps and sets, and the step states that carry
 # nothing of their run. Sharing is safe only because nothing is ever changed in
-# place: states are frozen, the draft copies a state's maps before it writes
-# (``RunDraft.__init__``), and the shared empty map is read-only.
+# place: states are frozen, the draft copies a state's step map before it writes
+# (``RunDraft.__init__``), no timer map is changed once made (the rules replace it),
+# and the shared empty map is read-only.
 
 _NO_TIMERS: Mapping[str, PendingTimer] = MappingProxyType({})
 """The timers of every run that has none (a read-only view: it cannot be filled)."""
@@ -463,7 +468,7 @@ def _finish_run(
     d: RunDraft, e: ev.Event, status: RunStatus, outputs: JSON, error: str | None
 ) -> None:
     d.status = status
-    d.timers.clear()
+    d.timers = _NO_TIMERS
     d.outputs = outputs
     d.error = error
     d.finished_at_ms = e.occurred_at_ms
@@ -610,11 +615,12 @@ def _signal_received(d: RunDraft, e: ev.SignalReceived) -> None:
 
 def _timer_scheduled(d: RunDraft, e: ev.TimerScheduled) -> None:
     timer = _new_timer(e.timer_id, e.fire_at_ms, e.purpose, e.step_id, e.attempt)
-    d.timers[e.timer_id] = timer
+    d.timers = {**d.timers, e.timer_id: timer}
 
 
 def _timer_fired(d: RunDraft, e: ev.TimerFired) -> None:
-    d.timers.pop(e.timer_id, None)
+    if e.timer_id in d.timers:
+        d.timers = {tid: timer for tid, timer in d.timers.items() if tid != e.timer_id}
 
 
 def _command_rejected(d: RunDraft, e: ev.CommandRejected) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from apex.domain import events as ev
-from apex.domain.frozen import constructor
+from apex.domain.frozen import building, constructor
 from apex.domain.state import StepState, StepStatus
 
 
@@ -48,3 +48,17 @@ def test_fast_constructor_refuses_a_class_that_needs_its_init() -> None:
 
     with pytest.raises(TypeError, match="needs its __init__"):
         constructor(Checked)
+
+
+def test_building_gives_statements_that_build_the_frozen_class_inline() -> None:
+    values = {f.name: repr(f.default) for f in dataclasses.fields(StepState)}
+    values.update(status="status", attempt="attempt + 1")
+    statements, namespace = building(StepState, "step", list(values.values()))
+    exec(f"def make(status, attempt):\n{statements}    return step\n", namespace)
+    built = namespace["make"](StepStatus.RUNNING, 1)
+    assert type(built) is StepState
+    assert built == StepState(StepStatus.RUNNING, attempt=2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.attempt = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="12 fields"):
+        building(StepState, "step", ["status"])

@@ -138,3 +138,16 @@ def test_shared_step_states_equal_what_folding_builds() -> None:
         assert folded is not None
         assert folded == fold(events)  # type: ignore[arg-type]
     assert fold(run.events) == run.run  # type: ignore[arg-type]
+
+
+def test_later_states_share_an_unchanged_timer_map_and_never_change_an_earlier_one() -> None:
+    run = Run("w", WAITS)  # the approval deadline schedules a timer
+    parked, parked_events = run.run, list(run.events)
+    timers = dict(parked.timers)
+    run.send(cmd.SendSignal, name="go")  # changes no timer: the map is shared
+    assert run.run.timers is parked.timers
+    run.send(cmd.ApproveStep, step_id="gate")  # drops the timer: a new map
+    assert run.run.timers == {}
+    run.send(cmd.FireTimer, timer_id=next(iter(timers)))
+    assert parked.timers == timers
+    assert parked == fold(parked_events)  # type: ignore[arg-type]
