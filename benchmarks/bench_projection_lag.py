@@ -46,7 +46,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from apex import gcpolicy
+from apex import service
 from apex.config import Settings
 from apex.devstack.topics import delete_topics
 from apex.kafka.clients import make_producer
@@ -55,7 +55,7 @@ from apex.projections.migrate import migrate
 from benchmarks.machine import machine
 from benchmarks.stats import latency_summary_ms
 from benchmarks.synthetic_log import records_for_partition
-from streams.projector import BatchOutcome, PreparedBatch, Projector
+from streams.projector import BatchOutcome, InFlight, PreparedBatch, Projector
 
 TARGET_P99_MS = 250.0
 PARTITIONS = 6
@@ -284,9 +284,11 @@ class _TimedProjector(Projector):
         """prepare -> COMMIT of one poll's batch (fold, the transaction before it, rows,
         checkpoints)."""
 
-    async def commit(self, batch: PreparedBatch) -> dict[TopicPartition, BatchOutcome]:
+    async def commit(
+        self, batch: PreparedBatch, before: InFlight | None = None
+    ) -> dict[TopicPartition, BatchOutcome]:
         received_ms = batch.received_ns / 1e6
-        outcomes = await super().commit(batch)
+        outcomes = await super().commit(batch, before)
         now_ms = time.time() * 1000
         applied = [rec for tp, records, _ in batch.work if outcomes[tp].applied for rec in records]
         if applied:
@@ -315,10 +317,10 @@ class _TimedProjector(Projector):
 def _project(index: int, settings: Settings, link: _Link) -> None:
     """A projector process: project until told to stop, then send its figures.
 
-    With the collector policy of ``apex projections run`` (:mod:`apex.gcpolicy`).
+    On the event loop and with the collector policy of ``apex projections run``
+    (:mod:`apex.service`).
     """
-    gcpolicy.tune_for_service()
-    asyncio.run(_project_until_stopped(index, settings, link))
+    service.run(_project_until_stopped(index, settings, link), settings)
 
 
 async def _project_until_stopped(index: int, settings: Settings, link: _Link) -> None:

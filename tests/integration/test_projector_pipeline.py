@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -24,7 +24,7 @@ from apex.kafka.event_log import EventLogReader
 from apex.projections.migrate import migrate
 from apex.projections.store import read_checkpoints
 from benchmarks.synthetic_log import ensure_log
-from streams.projector import BatchOutcome, PreparedBatch, Projector
+from streams.projector import BatchOutcome, InFlight, PreparedBatch, Projector
 from tests.integration.projection_workload import snapshot, wait_caught_up
 
 HOLD_S = 30.0
@@ -45,6 +45,17 @@ async def partition_records(settings: Settings) -> dict[int, list[Any]]:
                 rec async for batch in log.scan(topic, partition, 0, end) for rec in batch
             ]
     return records
+
+
+async def two_partitions(
+    settings: Settings, engine: AsyncEngine
+) -> tuple[TopicPartition, TopicPartition, list[Any], list[Any]]:
+    """A synthetic log on two partitions, a migrated schema: each partition and its records."""
+    await synthetic_log(settings, 600, 2)
+    await migrate(engine, settings.read_model_schema)
+    records = await partition_records(settings)
+    topic = settings.topic("events")
+    return TopicPartition(topic, 0), TopicPartition(topic, 1), records[0], records[1]
 
 
 async def checkpoints(engine: AsyncEngine, schema: str) -> dict[int, int]:
@@ -88,10 +99,12 @@ class _FoldSpy(Projector):
             self.folded_while_open.set()
         return batch
 
-    async def commit(self, batch: PreparedBatch) -> dict[TopicPartition, BatchOutcome]:
+    async def commit(
+        self, batch: PreparedBatch, before: InFlight | None = None
+    ) -> dict[TopicPartition, BatchOutcome]:
         self.open_transactions += 1
         try:
-            return await super().commit(batch)
+            return await super().commit(batch, before)
         finally:
             self.open_transactions -= 1
 
@@ -160,12 +173,7 @@ async def test_a_partition_revoked_while_a_batch_commits_keeps_its_checkpoint_th
     group revokes partition 1. The revocation waits for batch 1's COMMIT, and batch 2
     applies partition 0 only: partition 1's checkpoint stays where batch 1 left it."""
     settings = replace(apex_settings, read_model_schema=pg_schema, partitions=2)
-    await synthetic_log(settings, 600, 2)
-    await migrate(async_engine, pg_schema)
-    records = await partition_records(settings)
-    topic = settings.topic("events")
-    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    r0, r1 = records[0], records[1]
+    tp0, tp1, r0, r1 = await two_partitions(settings, async_engine)
     a0, b0, a1, b1 = len(r0) // 4, len(r0) // 2, len(r1) // 4, len(r1) // 2
     entered, go_on = asyncio.Event(), asyncio.Event()
 
@@ -240,3 +248,145 @@ async def test_a_batch_folded_on_one_that_resynced_is_dropped(
     assert (second.dropped, second.applied) == (True, 0)
     assert await checkpoints(async_engine, pg_schema) == {0: 5}
     assert (projector.stats.resyncs, projector.stats.dropped) == (1, 1)
+
+
+async def until_a_lock_waits(engine: AsyncEngine) -> None:
+    """Until a session waits in PostgreSQL for a lock another holds (a row's, here)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND cardinality(pg_blocking_pids(pid)) > 0"
+    )
+    async with asyncio.timeout(HOLD_S), engine.connect() as connection:
+        while True:
+            if (await connection.execute(query)).scalar_one():
+                return
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class _Behind:
+    """Batch 1's transaction held in its hook, batch 2's begun behind it, its lock waiting."""
+
+    projector: Projector
+    first: InFlight
+    batch2: PreparedBatch
+    second: asyncio.Task[None]
+    go_on: asyncio.Event
+    """Set it to let batch 1's transaction go on (and fail, with ``fail``)."""
+
+
+async def one_behind_another(
+    settings: Settings,
+    engine: AsyncEngine,
+    works: tuple[list[Any], list[Any], list[Any]],
+    hold_on: TopicPartition,
+    fail: bool = False,
+) -> _Behind:
+    """Apply ``works[0]``; prepare and begin ``works[1]``, held before its COMMIT (where it
+    writes ``hold_on``); prepare ``works[2]`` on its fold and begin it behind it."""
+    entered, go_on = asyncio.Event(), asyncio.Event()
+    holding = False
+
+    async def hold(tp: TopicPartition, _: Any) -> None:
+        if tp == hold_on and holding:
+            entered.set()
+            await asyncio.wait_for(go_on.wait(), HOLD_S)
+            if fail:
+                raise RuntimeError("a bug (test)")
+
+    projector = Projector(settings, engine, before_commit=hold)
+    await projector.apply_many(works[0])
+    batch1 = await projector.prepare(works[1])
+    holding = True
+    first = InFlight(batch1, asyncio.create_task(projector._commit_retrying(batch1)))
+    await asyncio.wait_for(entered.wait(), HOLD_S)
+    holding = False
+    batch2 = await projector.prepare(works[2])
+    second = asyncio.create_task(projector._commit_retrying(batch2, first))
+    await until_a_lock_waits(engine)
+    return _Behind(projector, first, batch2, second, go_on)
+
+
+async def test_the_next_transaction_locks_behind_the_one_in_flight_and_applies_after_it(
+    apex_settings: Settings, pg_schema: str, async_engine: AsyncEngine
+) -> None:
+    """Batch 2's transaction begins while batch 1's is open: its checkpoint lock waits in
+    PostgreSQL for batch 1's COMMIT, it applies only after it (on batch 1's fold), and
+    the log ends applied once."""
+    settings = replace(apex_settings, read_model_schema=pg_schema, partitions=1)
+    written = await synthetic_log(settings, 600, 1)
+    await migrate(async_engine, pg_schema)
+    r0 = (await partition_records(settings))[0]
+    tp = TopicPartition(settings.topic("events"), 0)
+    third = len(r0) // 3
+    works = ([(tp, r0[:third], None)], [(tp, r0[third : 2 * third], None)],
+             [(tp, r0[2 * third :], None)])  # fmt: skip
+    behind = await one_behind_another(settings, async_engine, works, tp)
+    batch2 = behind.batch2
+    assert batch2.shares[0].folded is not None and batch2.shares[0].on is not None
+    assert not batch2.locked.is_set() and not behind.second.done()
+
+    behind.go_on.set()
+    await behind.first.task
+    await behind.second
+
+    stats = behind.projector.stats
+    assert (stats.dropped, stats.db_retries, stats.resyncs) == (0, 0, 0)
+    assert stats.loaded_runs == 0, "batch 2 was folded again, not on batch 1's fold"
+    assert await checkpoints(async_engine, pg_schema) == {0: r0[-1].offset + 1}
+    await assert_exact(settings, async_engine, pg_schema, written)
+
+
+async def test_a_partition_revoked_while_the_next_transaction_waits_is_dropped_by_it(
+    apex_settings: Settings, pg_schema: str, async_engine: AsyncEngine
+) -> None:
+    """Batch 1 is in its transaction, batch 2's (both partitions) has begun behind it and
+    waits for its lock; the group revokes partition 1. The revocation goes between the
+    two, and batch 2 applies partition 0 only, though it locked partition 1 too."""
+    settings = replace(apex_settings, read_model_schema=pg_schema, partitions=2)
+    tp0, tp1, r0, r1 = await two_partitions(settings, async_engine)
+    a0, b0, a1, b1 = len(r0) // 4, len(r0) // 2, len(r1) // 4, len(r1) // 2
+    works = (
+        [(tp0, r0[:a0], None), (tp1, r1[:a1], None)],
+        [(tp0, r0[a0:b0], None), (tp1, r1[a1:b1], None)],
+        [(tp0, r0[b0:], None), (tp1, r1[b1:], None)],
+    )
+    behind = await one_behind_another(settings, async_engine, works, tp0)
+    projector, first, second, go_on = behind.projector, behind.first, behind.second, behind.go_on
+    revoking = asyncio.create_task(projector._release([tp1]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not revoking.done(), "a revocation must wait for the transaction applying"
+
+    go_on.set()
+    await asyncio.gather(first.task, revoking, second)
+
+    assert projector.stats.dropped == 1
+    assert await checkpoints(async_engine, pg_schema) == {
+        0: r0[-1].offset + 1,
+        1: r1[b1 - 1].offset + 1,
+    }
+
+
+async def test_a_transaction_that_fails_for_good_drops_the_one_begun_behind_it(
+    apex_settings: Settings, pg_schema: str, async_engine: AsyncEngine
+) -> None:
+    """Batch 1's transaction fails with an error that is not the database's (the projector
+    stops); batch 2's, begun behind it on its fold, must not apply across the gap it
+    leaves: it is dropped, and the checkpoint stays where the batch before left it."""
+    settings = replace(apex_settings, read_model_schema=pg_schema, partitions=1)
+    await synthetic_log(settings, 600, 1)
+    await migrate(async_engine, pg_schema)
+    r0 = (await partition_records(settings))[0]
+    tp = TopicPartition(settings.topic("events"), 0)
+    third = len(r0) // 3
+    works = ([(tp, r0[:third], None)], [(tp, r0[third : 2 * third], None)],
+             [(tp, r0[2 * third :], None)])  # fmt: skip
+    behind = await one_behind_another(settings, async_engine, works, tp, fail=True)
+
+    behind.go_on.set()
+    failed, _ = await asyncio.gather(behind.first.task, behind.second, return_exceptions=True)
+
+    assert isinstance(failed, RuntimeError)
+    assert behind.projector.stats.dropped == 1
+    assert await checkpoints(async_engine, pg_schema) == {0: r0[third - 1].offset + 1}
