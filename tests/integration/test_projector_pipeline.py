@@ -47,6 +47,21 @@ async def partition_records(settings: Settings) -> dict[int, list[Any]]:
     return records
 
 
+async def one_partition_in_thirds(
+    settings: Settings, engine: AsyncEngine, events: int
+) -> tuple[TopicPartition, list[Any], int, tuple[list[Any], list[Any], list[Any]]]:
+    """A synthetic log on one partition, a migrated schema: the partition, its records,
+    the events written, and its records in three works of about a third each."""
+    written = await synthetic_log(settings, events, 1)
+    await migrate(engine, settings.read_model_schema)
+    r0 = (await partition_records(settings))[0]
+    tp = TopicPartition(settings.topic("events"), 0)
+    third = len(r0) // 3
+    works = ([(tp, r0[:third], None)], [(tp, r0[third : 2 * third], None)],
+             [(tp, r0[2 * third :], None)])  # fmt: skip
+    return tp, r0, written, works
+
+
 async def two_partitions(
     settings: Settings, engine: AsyncEngine
 ) -> tuple[TopicPartition, TopicPartition, list[Any], list[Any]]:
@@ -226,15 +241,11 @@ async def test_a_batch_folded_on_one_that_resynced_is_dropped(
     """Batch 2 was folded on batch 1's views and position; batch 1 finds its checkpoint
     moved (a rebuild swapped in) and resyncs: batch 2 must not be applied from there."""
     settings = replace(apex_settings, read_model_schema=pg_schema, partitions=1)
-    await synthetic_log(settings, 300, 1)
-    await migrate(async_engine, pg_schema)
-    r0 = (await partition_records(settings))[0]
-    tp = TopicPartition(settings.topic("events"), 0)
-    third = len(r0) // 3
+    tp, _, _, works = await one_partition_in_thirds(settings, async_engine, 300)
     projector = Projector(settings, async_engine)
-    await projector.apply(tp, r0[:third])
-    batch1 = await projector.prepare([(tp, r0[third : 2 * third], None)])
-    batch2 = await projector.prepare([(tp, r0[2 * third :], None)])
+    await projector.apply_many(works[0])
+    batch1 = await projector.prepare(works[1])
+    batch2 = await projector.prepare(works[2])
     assert batch2.shares[0].folded is not None
     async with async_engine.begin() as connection:  # as a swapped-in rebuild that read less
         await connection.execute(
@@ -314,13 +325,7 @@ async def test_the_next_transaction_locks_behind_the_one_in_flight_and_applies_a
     PostgreSQL for batch 1's COMMIT, it applies only after it (on batch 1's fold), and
     the log ends applied once."""
     settings = replace(apex_settings, read_model_schema=pg_schema, partitions=1)
-    written = await synthetic_log(settings, 600, 1)
-    await migrate(async_engine, pg_schema)
-    r0 = (await partition_records(settings))[0]
-    tp = TopicPartition(settings.topic("events"), 0)
-    third = len(r0) // 3
-    works = ([(tp, r0[:third], None)], [(tp, r0[third : 2 * third], None)],
-             [(tp, r0[2 * third :], None)])  # fmt: skip
+    tp, r0, written, works = await one_partition_in_thirds(settings, async_engine, 600)
     behind = await one_behind_another(settings, async_engine, works, tp)
     batch2 = behind.batch2
     assert batch2.shares[0].folded is not None and batch2.shares[0].on is not None
@@ -375,13 +380,7 @@ async def test_a_transaction_that_fails_for_good_drops_the_one_begun_behind_it(
     stops); batch 2's, begun behind it on its fold, must not apply across the gap it
     leaves: it is dropped, and the checkpoint stays where the batch before left it."""
     settings = replace(apex_settings, read_model_schema=pg_schema, partitions=1)
-    await synthetic_log(settings, 600, 1)
-    await migrate(async_engine, pg_schema)
-    r0 = (await partition_records(settings))[0]
-    tp = TopicPartition(settings.topic("events"), 0)
-    third = len(r0) // 3
-    works = ([(tp, r0[:third], None)], [(tp, r0[third : 2 * third], None)],
-             [(tp, r0[2 * third :], None)])  # fmt: skip
+    tp, _, _, works = await one_partition_in_thirds(settings, async_engine, 600)
     behind = await one_behind_another(settings, async_engine, works, tp, fail=True)
 
     behind.go_on.set()
@@ -389,4 +388,5 @@ async def test_a_transaction_that_fails_for_good_drops_the_one_begun_behind_it(
 
     assert isinstance(failed, RuntimeError)
     assert behind.projector.stats.dropped == 1
-    assert await checkpoints(async_engine, pg_schema) == {0: r0[third - 1].offset + 1}
+    first_third = works[0][0][1]
+    assert await checkpoints(async_engine, pg_schema) == {0: first_third[-1].offset + 1}
