@@ -262,14 +262,20 @@ async def test_a_batch_folded_on_one_that_resynced_is_dropped(
 
 
 async def until_a_lock_waits(engine: AsyncEngine) -> None:
-    """Until a session waits in PostgreSQL for a lock another holds (a row's, here)."""
+    """Until a session waits in PostgreSQL for a lock another holds (a row's, here).
+
+    Each look is a transaction of its own: PostgreSQL keeps the list of sessions
+    ``pg_stat_activity`` shows for the rest of a transaction, so a session
+    connected after the first look would never be seen."""
     query = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
         "AND wait_event_type = 'Lock' AND cardinality(pg_blocking_pids(pid)) > 0"
     )
     async with asyncio.timeout(HOLD_S), engine.connect() as connection:
         while True:
-            if (await connection.execute(query)).scalar_one():
+            waiting = (await connection.execute(query)).scalar_one()
+            await connection.rollback()
+            if waiting:
                 return
             await asyncio.sleep(0.01)
 
