@@ -43,7 +43,7 @@ from apex.devstack.topics import delete_topics
 from apex.domain.definitions import Ref, StepDefinition, WorkflowDefinition
 from apex.domain.messages import RunResult
 from apex.kafka.clients import make_consumer, topic_partitions
-from benchmarks import procs
+from benchmarks import hop_timeline, procs
 from benchmarks.apex_agents import CAPABILITY
 from benchmarks.loop import closed_loop, driver_arguments, emit, report
 from benchmarks.projection_lag import LagProbe
@@ -125,6 +125,9 @@ async def run(args: Any) -> dict[str, Any]:
     services: dict[str, subprocess.Popen[bytes]] = {}
     profilers: list[subprocess.Popen[bytes]] = []
     probe: LagProbe | None = None
+
+    if args.timeline_dir:
+        env[hop_timeline.ENV] = args.timeline_dir
 
     def start(name: str, *argv: str) -> None:
         command = (
@@ -318,7 +321,19 @@ def main() -> None:
         help="a script run instead of `python -m apex` for the services, with the same "
         "arguments (to A/B a change without editing the product: patch, then call apex.cli)",
     )
+    parser.add_argument(
+        "--timeline-dir",
+        default="",
+        help="note the services' Kafka requests here, to cut each hop into segments "
+        "(benchmarks/hop_timeline.py; chain5 at one run in flight)",
+    )
     args = parser.parse_args()
+    if args.timeline_dir and args.service_wrapper:
+        parser.error("--timeline-dir is a service wrapper of its own: not with --service-wrapper")
+    if args.timeline_dir:
+        folder = Path(args.timeline_dir).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        args.timeline_dir, args.service_wrapper = str(folder), hop_timeline.__file__
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     emit(asyncio.run(run(args)), args.json)
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from apex.config import REPO_ROOT, Settings
 from benchmarks import external, procs
+from benchmarks.hop_timeline import breakdown, load
 from benchmarks.machine import cpu_stall_us, git_revision, machine, versions
 from benchmarks.profiling import summarise
 from benchmarks.workload import SHAPES
@@ -176,6 +177,7 @@ def run(options: Options, progress: Progress | None = None) -> dict[str, Any]:
         "peers": {},
         "scenarios": {},
         "profiles": {},
+        "hop_breakdown": {},
     }
     needs_peers = any(s.kind == "e2e" for s in scenarios) and options.peers
     with _peers(options.peers if needs_peers else (), run_dir, say) as peers:
@@ -196,7 +198,7 @@ def run(options: Options, progress: Progress | None = None) -> dict[str, Any]:
             elif scenario.kind == "projection":
                 entry = _projection_lag(scenario, options, run_dir)
             else:
-                entry = _e2e(scenario, options, peers, run_dir, report["profiles"], say)
+                entry = _e2e(scenario, options, peers, run_dir, report, say)
             report["scenarios"][scenario.name] = {
                 "kind": scenario.kind,
                 "title": scenario.title,
@@ -292,9 +294,11 @@ def _e2e(
     options: Options,
     peers: Peers,
     run_dir: Path,
-    profiles: dict[str, Any],
+    report: dict[str, Any],
     say: Progress,
 ) -> dict[str, Any]:
+    """The scenario's drivers, one system after the other; with ``--profile``, the
+    throughput cell's profile and the hop cell's timeline, each a run of its own."""
     assert scenario.level is not None
     level = scenario.level
     common = [
@@ -338,7 +342,19 @@ def _e2e(
         for name in ("orchestrator", "worker"):
             path = run_dir / scenario.name / "profile" / f"{name}.txt"
             if path.exists():
-                profiles[f"{scenario.name}/{name}"] = summarise(path)
+                report["profiles"][f"{scenario.name}/{name}"] = summarise(path)
+    if options.profile and scenario.shape == "chain5" and level.concurrency == 1:
+        # Where the hop's time goes (benchmarks/hop_timeline.py), also a run of its own:
+        # noting every request costs the services a little. Its figures are not kept.
+        say(f"{scenario.name}: apex with its requests timed (the hop's segments)")
+        timeline = run_dir / scenario.name / "timeline"
+        timed = ["--log-dir", str(run_dir / scenario.name / "apex-timed")]
+        _driver(drivers["apex"] + timed + ["--timeline-dir", str(timeline)], timeout,
+                run_dir / scenario.name, "apex")  # fmt: skip
+        try:
+            report["hop_breakdown"] = {"scenario": scenario.name, **breakdown(*load(timeline))}
+        except (OSError, ValueError) as exc:
+            report["hop_breakdown"] = {"scenario": scenario.name, "error": str(exc)}
     return {
         "status": "ok" if systems.get("apex", {}).get("status") == "ok" else "failed",
         "shape": scenario.shape,

@@ -16,6 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from benchmarks.external import _leaves, headline
+from benchmarks.hop_timeline import table
 
 ANALYSIS_START = "<!-- analysis:start -->"
 ANALYSIS_END = "<!-- analysis:end -->"
@@ -227,6 +228,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _e2e_tables(report)
     lines += _other_tables(report)
     lines += _profile_tables(report)
+    lines += _hop_table(report)
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +365,28 @@ def _profile_tables(report: dict[str, Any]) -> list[str]:
         lines += [f"| `{func}` | {pct} |" for func, pct in summary["top_self_pct"][:12]]
         lines.append("")
     return lines
+
+
+def _hop_table(report: dict[str, Any]) -> list[str]:
+    found = report.get("hop_breakdown") or {}
+    if not found:
+        return []
+    heading = (
+        f"## Where a hop's time goes ({found['scenario']}, a run with its requests timed "
+        "after the measured; `benchmarks/hop_timeline.py`)"
+    )
+    if "error" in found:
+        return ["", heading, "", f"No breakdown: {_one_line(found['error'])}", ""]
+    return [
+        "",
+        heading,
+        "",
+        table(found),
+        "",
+        f"{found['hops']:,} hops ({found['left_out']} left out); the transaction's three "
+        f"round trips take {found['round_trips_mean_ms']:.2f} ms of the mean hop.",
+        "",
+    ]
 
 
 def _revision(git: dict[str, Any] | None) -> str:

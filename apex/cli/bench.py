@@ -48,7 +48,10 @@ def bench(
     ] = 1,
     profile: Annotated[
         bool,
-        typer.Option(help="py-spy the orchestrator and worker during the throughput scenario."),
+        typer.Option(
+            help="py-spy the orchestrator and worker in a run of the throughput scenario, and "
+            "cut the hop at one run into segments (a run of chain5 c=1 with its requests timed)."
+        ),
     ] = False,
     worker_concurrency: Annotated[
         int, typer.Option(min=1, help="Tasks one worker runs at once, for every system.")

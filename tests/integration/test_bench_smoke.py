@@ -18,7 +18,7 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path: Path) -> None:
     markdown = tmp_path / "RESULTS.md"
     only = ("e2e.chain5.c1", "e2e.fan10.c1", "memory")
     argv = [
-        *(sys.executable, "-m", "apex", "bench", "--quick", "--no-peers", "--json"),
+        *(sys.executable, "-m", "apex", "bench", "--quick", "--no-peers", "--json", "--profile"),
         *(f"--only={pattern}" for pattern in only),
         "--memory-runs=200",
         f"--results-dir={tmp_path}",
@@ -60,6 +60,12 @@ def test_quick_bench_writes_a_well_formed_report(tmp_path: Path) -> None:
     assert memory["data"]["measured_runs"] == 200
     assert isinstance(memory["data"]["bytes_per_run"], int)
 
+    # --profile: the hop cell's extra run with its requests timed, cut into segments.
+    breakdown = report["hop_breakdown"]
+    assert breakdown["scenario"] == "e2e.chain5.c1" and breakdown["hops"] > 0, breakdown
+    assert breakdown["segments"][-1]["segment"] == "hop"
+
     text = markdown.read_text()
+    assert "## Where a hop's time goes (e2e.chain5.c1" in text
     assert "## Targets (DESIGN.md)" in text and "`e2e.chain5.c1`" in text
     assert "<!-- analysis:start -->" in text
