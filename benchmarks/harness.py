@@ -78,7 +78,7 @@ class Options:
     markdown: Path | None = None
     """Where the Markdown goes; None: RESULTS.md for a full run of everything, else nowhere."""
     warmup: int = 20
-    warm_broker_s: float = 30.0
+    warm_broker_s: float = 90.0
     """Seconds of throwaway Apex load before the first end-to-end cell (not with --quick)."""
 
     def levels(self) -> tuple[Level, ...]:

@@ -67,7 +67,7 @@ def bench(
             help="Seconds of throwaway load before the first end-to-end cell, so that the "
             "broker's JIT is not billed to it (not with --quick; 0: none).",
         ),
-    ] = 30.0,
+    ] = 90.0,
     results_dir: Annotated[
         Path | None, typer.Option(help="Where the JSON goes (default benchmarks/results/).")
     ] = None,
