@@ -243,8 +243,10 @@ def _markdown_target(options: Options) -> Path | None:
 
 
 def results_path(report: dict[str, Any], options: Options, stamp: datetime) -> Path:
-    """``<date>-<host>.json`` (``-quick`` for a quick run); a later run that day replaces it."""
-    suffix = "-quick" if options.quick else ""
+    """``<date>-<host>.json`` for a full run, ``-quick`` for a quick one, ``-only`` for one
+    of some scenarios (which must not replace the full run that RESULTS.md names); a
+    later run of the same kind that day replaces it."""
+    suffix = "-quick" if options.quick else "-only" if options.only else ""
     return options.results_dir / f"{stamp:%Y-%m-%d}-{report['machine']['host']}{suffix}.json"
 
 
