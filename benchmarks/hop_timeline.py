@@ -50,6 +50,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, too
+
+from benchmarks.stats import percentile
+
 ENV = "APEX_HOP_TIMELINE"
 """The folder the wrapped services write their timelines to."""
 
@@ -149,20 +153,14 @@ def hops(orchestrator: Sequence[Event], worker: Sequence[Event]) -> tuple[list[l
         add = adds.last_before(produce[1]) if produce else None
         command = commands.last_before(add[1]) if add else None
         report = reports.last_before(command[1]) if command else None
-        if poll is None or end is None or produce is None or add is None or command is None:
+        if report is None or report[1] < finished:  # a link missing, or another hop's report
             left_out += 1
             continue
-        if report is None or report[1] < finished:
-            left_out += 1
-            continue
+        assert poll and end and produce and add and command  # found, since report was
         marks = [finished, report[1], command[1], add[1], add[2], produce[1], produce[2]]
         marks += [end[1], end[2], poll[1], arrived]
         found.append([b - a for a, b in itertools.pairwise(marks)])
     return found, left_out
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def breakdown(orchestrator: Sequence[Event], worker: Sequence[Event]) -> dict[str, Any]:
@@ -171,15 +169,15 @@ def breakdown(orchestrator: Sequence[Event], worker: Sequence[Event]) -> dict[st
     rows: list[dict[str, Any]] = []
     names = [name for name, _ in SEGMENTS] + ["hop"]
     for i, name in enumerate(names):
-        values = sorted(sum(h) if name == "hop" else h[i] for h in found)
+        values = [sum(h) if name == "hop" else h[i] for h in found]
         if not values:
             break
         rows.append(
             {
                 "segment": name,
-                "p50_ms": round(_percentile(values, 0.5) * 1000, 3),
+                "p50_ms": round(percentile(values, 50) * 1000, 3),
                 "mean_ms": round(sum(values) / len(values) * 1000, 3),
-                "p90_ms": round(_percentile(values, 0.9) * 1000, 3),
+                "p90_ms": round(percentile(values, 90) * 1000, 3),
             }
         )
     means: dict[str, float] = {row["segment"]: row["mean_ms"] for row in rows}
@@ -234,7 +232,6 @@ def main() -> None:
 if __name__ == "__main__":
     if os.environ.get(ENV):
         # As the services' wrapper: ``APEX_HOP_TIMELINE=DIR hop_timeline.py <apex arguments>``.
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         record(os.environ[ENV], sys.argv[1])
         from apex.cli import main as apex_main
 
