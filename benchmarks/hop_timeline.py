@@ -29,6 +29,10 @@ markers → worker       EndTxn answered → the worker's poll returns the dispa
 worker: start          the dispatch in hand → the agent called
 =====================  ===============================================================
 
+With Kafka's transaction protocol v2 (``apex.kafka.txn_v2``) there is no
+AddPartitionsToTxn: deciding ends when the Produce is sent, and the segments
+are those of :data:`SEGMENTS_V2`.
+
 At one run in flight the timeline is a single thread of work, so each hop's
 requests are found by walking back from its arrival: the worker's last poll
 before it, the orchestrator's last EndTxn answered before that, and so on. A
@@ -44,6 +48,7 @@ import bisect
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -69,6 +74,14 @@ SEGMENTS: tuple[tuple[str, str], ...] = (
     ("markers -> worker", "EndTxn answered -> the worker's poll returns the dispatch"),
     ("worker: start", "the dispatch in hand -> the agent called"),
 )
+"""The segments of a hop whose transaction speaks Kafka's first protocol."""
+SEGMENTS_V2: tuple[tuple[str, str], ...] = (
+    *SEGMENTS[:2],
+    ("orchestrator: decide", "the command in hand -> the transaction's Produce sent"),
+    ("Produce", "round trip; the leader adds the partitions to the transaction (KIP-890)"),
+    *SEGMENTS[6:],
+)
+"""The segments of a hop whose transaction speaks the second (no AddPartitionsToTxn)."""
 ROUND_TRIPS = frozenset({"AddPartitionsToTxn", "Produce", "EndTxn"})
 """Segments that are one request's round trip to the broker, answer included."""
 
@@ -95,7 +108,7 @@ def record(folder: str, service: str) -> None:
         try:
             return await send(self, node_id, request, **kw)
         finally:
-            events.append((type(request).__name__.removesuffix("Request"), sent, time.time()))
+            events.append((request_name(request), sent, time.time()))
 
     async def noted_getmany(self: Any, *args: Any, **kw: Any) -> Any:
         polled = await getmany(self, *args, **kw)
@@ -120,6 +133,11 @@ def record(folder: str, service: str) -> None:
     atexit.register(dump)
 
 
+def request_name(request: Any) -> str:
+    """``ProduceRequest`` and ``ProduceV12Request`` (apex.kafka.txn_v2) are both "Produce"."""
+    return re.sub(r"V\d+$", "", type(request).__name__.removesuffix("Request"))
+
+
 # -- analysis ---------------------------------------------------------------------------------
 
 
@@ -136,8 +154,15 @@ class _Track:
         return self.events[i] if i >= 0 else None
 
 
+def protocol(orchestrator: Sequence[Event]) -> int:
+    """The transaction protocol the orchestrator spoke: 2 when it sent no AddPartitionsToTxn."""
+    return 1 if any(e[0] == "AddPartitionsToTxn" for e in orchestrator) else 2
+
+
 def hops(orchestrator: Sequence[Event], worker: Sequence[Event]) -> tuple[list[list[float]], int]:
-    """Each hop's segments (seconds, in :data:`SEGMENTS` order), and how many were left out."""
+    """Each hop's segments (seconds, in :data:`SEGMENTS` or :data:`SEGMENTS_V2` order, by the
+    :func:`protocol`), and how many hops were left out."""
+    v1 = protocol(orchestrator) == 1
     polls = _Track(worker, "poll")
     reports = _Track(worker, "Produce")
     commands = _Track(orchestrator, "poll")
@@ -150,14 +175,15 @@ def hops(orchestrator: Sequence[Event], worker: Sequence[Event]) -> tuple[list[l
         poll = polls.last_before(arrived)
         end = ends.last_before(poll[1]) if poll else None
         produce = produces.last_before(end[1]) if end else None
-        add = adds.last_before(produce[1]) if produce else None
-        command = commands.last_before(add[1]) if add else None
+        first = (adds.last_before(produce[1]) if v1 else produce) if produce else None
+        command = commands.last_before(first[1]) if first else None
         report = reports.last_before(command[1]) if command else None
         if report is None or report[1] < finished:  # a link missing, or another hop's report
             left_out += 1
             continue
-        assert poll and end and produce and add and command  # found, since report was
-        marks = [finished, report[1], command[1], add[1], add[2], produce[1], produce[2]]
+        assert poll and end and produce and first and command  # found, since report was
+        marks = [finished, report[1], command[1], first[1]]
+        marks += [first[2], produce[1], produce[2]] if v1 else [produce[2]]
         marks += [end[1], end[2], poll[1], arrived]
         found.append([b - a for a, b in itertools.pairwise(marks)])
     return found, left_out
@@ -167,7 +193,8 @@ def breakdown(orchestrator: Sequence[Event], worker: Sequence[Event]) -> dict[st
     """Per segment (and the whole hop): p50, mean and p90 in ms; the broker's share."""
     found, left_out = hops(orchestrator, worker)
     rows: list[dict[str, Any]] = []
-    names = [name for name, _ in SEGMENTS] + ["hop"]
+    version = protocol(orchestrator)
+    names = [name for name, _ in (SEGMENTS if version == 1 else SEGMENTS_V2)] + ["hop"]
     for i, name in enumerate(names):
         values = [sum(h) if name == "hop" else h[i] for h in found]
         if not values:
@@ -184,6 +211,8 @@ def breakdown(orchestrator: Sequence[Event], worker: Sequence[Event]) -> dict[st
     return {
         "hops": len(found),
         "left_out": left_out,
+        "transaction_protocol": version,
+        "round_trips": sum(1 for name in names if name in ROUND_TRIPS),
         "segments": rows,
         "round_trips_mean_ms": round(sum(means.get(name, 0.0) for name in ROUND_TRIPS), 3),
     }
@@ -202,7 +231,7 @@ def load(folder: Path) -> tuple[list[Event], list[Event]]:
 
 def table(result: dict[str, Any]) -> str:
     """The breakdown as a Markdown table."""
-    notes = dict(SEGMENTS)
+    notes = dict(SEGMENTS if result.get("transaction_protocol", 1) == 1 else SEGMENTS_V2)
     lines = ["| segment | what | p50 ms | mean ms | p90 ms |", "|---|---|---:|---:|---:|"]
     for row in result["segments"]:
         what = notes.get(row["segment"], "the whole hop")
@@ -224,8 +253,9 @@ def main() -> None:
         return
     print(table(result))
     print(
-        f"\n{result['hops']} hops ({result['left_out']} left out); the three round trips of "
-        f"the transaction: {result['round_trips_mean_ms']:.2f} ms of the mean hop"
+        f"\n{result['hops']} hops ({result['left_out']} left out); the transaction's "
+        f"{result['round_trips']} round trips (protocol v{result['transaction_protocol']}): "
+        f"{result['round_trips_mean_ms']:.2f} ms of the mean hop"
     )
 
 

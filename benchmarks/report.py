@@ -383,8 +383,10 @@ def _hop_table(report: dict[str, Any]) -> list[str]:
         "",
         table(found),
         "",
-        f"{found['hops']:,} hops ({found['left_out']} left out); the transaction's three "
-        f"round trips take {found['round_trips_mean_ms']:.2f} ms of the mean hop.",
+        f"{found['hops']:,} hops ({found['left_out']} left out); the transaction's "
+        f"{found.get('round_trips', 3)} round trips (protocol "
+        f"v{found.get('transaction_protocol', 1)}) take {found['round_trips_mean_ms']:.2f} ms "
+        "of the mean hop.",
         "",
     ]
 

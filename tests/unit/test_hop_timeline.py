@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.hop_timeline import SEGMENTS, breakdown, hops, load, table
+from benchmarks.hop_timeline import (
+    SEGMENTS,
+    SEGMENTS_V2,
+    breakdown,
+    hops,
+    load,
+    request_name,
+    table,
+)
 
 MS = 0.001
 
@@ -55,6 +63,32 @@ def test_each_hop_is_cut_at_its_requests_and_the_segments_add_up() -> None:
     assert rows["Produce"]["mean_ms"] == pytest.approx(1.6)
     assert result["round_trips_mean_ms"] == pytest.approx(0.8 + 1.6 + 0.9)
     assert [row["segment"] for row in result["segments"]] == [n for n, _ in SEGMENTS] + ["hop"]
+    assert (result["transaction_protocol"], result["round_trips"]) == (1, 3)
+
+
+def test_a_hop_of_transaction_protocol_v2_has_no_add_partitions_segments() -> None:
+    orchestrator, worker = one_hop(100.0)
+    # v2: no AddPartitionsToTxn; the Produce goes where it went (1.9 ms after deciding began).
+    v2 = [e for e in orchestrator if e[0] != "AddPartitionsToTxn"]
+
+    found, left_out = hops(v2, worker)
+    result = breakdown(v2, worker)
+
+    assert left_out == 0
+    assert [round(s / MS, 6) for s in found[0]] == [0.5, 1.5, 1.9, 1.6, 0.2, 0.9, 1.4, 0.3]
+    assert [row["segment"] for row in result["segments"]] == [n for n, _ in SEGMENTS_V2] + ["hop"]
+    assert (result["transaction_protocol"], result["round_trips"]) == (2, 2)
+    assert result["round_trips_mean_ms"] == pytest.approx(1.6 + 0.9)
+
+
+def test_requests_of_either_protocol_are_named_alike() -> None:
+    from aiokafka.protocol.transaction import EndTxnRequest
+
+    from apex.kafka.txn_v2 import EndTxnV5Request, ProduceV12Request
+
+    assert request_name(ProduceV12Request("t", -1, 1000, {})) == "Produce"
+    assert request_name(EndTxnV5Request("t", 1, 0, True)) == "EndTxn"
+    assert request_name(EndTxnRequest("t", 1, 0, True)) == "EndTxn"
 
 
 def test_a_hop_whose_report_went_before_its_step_finished_is_left_out() -> None:
