@@ -91,6 +91,13 @@ class Settings:
         "Retry after CONCURRENT_TRANSACTIONS (the last transaction's markers still being "
         "written); aiokafka's own is 20 ms.",
     )
+    kafka_txn_protocol: str = _setting(
+        "APEX_KAFKA_TXN_PROTOCOL",
+        "auto",
+        "Kafka transaction protocol of Apex's transactional producers: auto (v2, KIP-890, when "
+        "the broker finalised transaction.version >= 2: no AddPartitionsToTxn round trip; "
+        "else v1) or v1.",
+    )
     session_timeout_ms: int = _setting(
         "APEX_SESSION_TIMEOUT_MS", 10_000, "Consumer group session timeout (failover time)."
     )

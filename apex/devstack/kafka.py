@@ -191,6 +191,10 @@ def render_server_properties(settings: Settings, data_dir: Path) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # Transaction protocol v2 (apex.kafka.txn_v2): a Produce that meets the last
+        # transaction's markers still being written is retried by the broker itself,
+        # after 20 ms by default; Apex's own clients retry after APEX_KAFKA_TXN_RETRY_MS.
+        "add.partitions.to.txn.retry.backoff.ms": str(settings.kafka_txn_retry_ms),
     }
     lines = ["# Written by `apex dev up` from apex.config.Settings; edits are overwritten."]
     lines += [f"{key}={value}" for key, value in props.items()]

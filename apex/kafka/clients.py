@@ -17,7 +17,11 @@ Two things aiokafka does on every record that Apex pays for a great deal:
   and aiokafka retries it after a fixed 20 ms (``BACKOFF_OVERRIDE``,
   KAFKA-5477). Back-to-back transactions are the orchestrator's normal case, so
   :func:`make_producer` sets it to ``APEX_KAFKA_TXN_RETRY_MS`` (a process-wide
-  aiokafka constant; measured: step-to-step p99 at one run 41 -> 25 ms).
+  aiokafka constant; measured: step-to-step p99 at one run 41 -> 25 ms);
+- it speaks Kafka's first transaction protocol, one AddPartitionsToTxn round
+  trip before a transaction's records: a transactional producer made here
+  switches to the second (KIP-890, :mod:`apex.kafka.txn_v2`) when the broker
+  has it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from apex.config import Settings
+from apex.kafka.txn_v2 import use_transaction_v2
+
+TXN_PROTOCOLS = ("auto", "v1")
+"""``APEX_KAFKA_TXN_PROTOCOL``: auto uses v2 (KIP-890) where the broker has it."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -62,8 +70,13 @@ class _Producer(AIOKafkaProducer):  # type: ignore[misc]
     known topic the client's own table answers, as a set-like view.
     """
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, txn_protocol: str = "v1", **options: Any) -> None:
+        if txn_protocol not in TXN_PROTOCOLS:
+            raise ValueError(
+                f"APEX_KAFKA_TXN_PROTOCOL={txn_protocol!r}: use one of {', '.join(TXN_PROTOCOLS)}"
+            )
         super().__init__(**options)
+        self.txn_protocol = txn_protocol
         client = self.client
         wait_on_metadata = client._wait_on_metadata
 
@@ -74,6 +87,14 @@ class _Producer(AIOKafkaProducer):  # type: ignore[misc]
             return await wait_on_metadata(topic)
 
         client._wait_on_metadata = known_or_wait
+
+    async def start(self) -> None:
+        """Start; a transactional producer then speaks transaction protocol v2 when it
+        may (``APEX_KAFKA_TXN_PROTOCOL=auto`` and a broker that finalised it)."""
+        await super().start()
+        txn = self._txn_manager
+        if self.txn_protocol == "auto" and txn is not None and txn.transactional_id is not None:
+            self.txn_protocol = "v2" if await use_transaction_v2(self) else "v1"
 
     def _partition(
         self,
@@ -167,6 +188,7 @@ def make_producer(
         _sender.BACKOFF_OVERRIDE = settings.kafka_txn_retry_ms / 1000
         options["transactional_id"] = transactional_id
         options["transaction_timeout_ms"] = 60_000
+        options["txn_protocol"] = settings.kafka_txn_protocol
     options.update(overrides)
     return _Producer(**options)
 

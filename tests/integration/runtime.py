@@ -102,8 +102,9 @@ class Runtime:
         )
 
 
-async def _read_all(settings: Settings, topic: str) -> list[Any]:
-    consumer = make_consumer(settings)
+async def read_all(settings: Settings, topic: str, **consumer_options: Any) -> list[Any]:
+    """Every record of ``topic`` up to its end now (read committed unless told otherwise)."""
+    consumer = make_consumer(settings, **consumer_options)
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
@@ -125,7 +126,7 @@ async def _read_all(settings: Settings, topic: str) -> list[Any]:
 async def read_events(settings: Settings) -> dict[str, list[ev.Event]]:
     """Every run's events from the log, in log order."""
     by_run: dict[str, list[ev.Event]] = {}
-    for record in await _read_all(settings, settings.topic("events")):
+    for record in await read_all(settings, settings.topic("events")):
         event = codec.decode_event(record.value)
         by_run.setdefault(event.run_id, []).append(event)
     return by_run
@@ -133,12 +134,12 @@ async def read_events(settings: Settings) -> dict[str, list[ev.Event]]:
 
 async def read_results(settings: Settings) -> list[RunResult | StepResult]:
     return [
-        codec.decode_result(r.value) for r in await _read_all(settings, settings.topic("results"))
+        codec.decode_result(r.value) for r in await read_all(settings, settings.topic("results"))
     ]
 
 
 async def read_dlq(settings: Settings) -> list[Any]:
-    return await _read_all(settings, settings.topic("dlq"))
+    return await read_all(settings, settings.topic("dlq"))
 
 
 async def wait_dlq(settings: Settings, timeout_s: float = 30) -> list[Any]:

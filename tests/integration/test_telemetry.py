@@ -39,7 +39,7 @@ from apex.kafka.clients import make_producer
 from apex.telemetry import tracing
 from apex.telemetry.exporters import read_spans, span_record
 from apex.worker import RetryableError, TaskContext, agent
-from tests.integration.runtime import Runtime, _read_all, of_type, read_events, spawn, stop
+from tests.integration.runtime import Runtime, of_type, read_all, read_events, spawn, stop
 
 Span = dict[str, Any]
 
@@ -198,12 +198,12 @@ async def test_a_run_is_one_trace_across_the_orchestrator_and_a_worker_process(
 
     # Every event and the run's result carry the context of the decision that made them.
     decisions = {s["span_id"] for s in mine if s["kind"] == "CONSUMER"}
-    events = [r for r in await _read_all(settings, settings.topic("events")) if r.key]
+    events = [r for r in await read_all(settings, settings.topic("events")) if r.key]
     assert events and all(r.key == run_id.encode() for r in events)
     for record in events:
         trace_id, span_id = traceparent_of(record.headers)
         assert trace_id == client["trace_id"] and span_id in decisions
-    (result,) = await _read_all(settings, settings.topic("results"))
+    (result,) = await read_all(settings, settings.topic("results"))
     assert traceparent_of(result.headers) == (client["trace_id"], decided_by["span_id"])
 
 

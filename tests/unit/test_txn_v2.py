@@ -1,0 +1,46 @@
+"""Transaction protocol v2's pieces that need no broker: reading the broker's features."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+from apex.kafka.txn_v2 import (
+    _FINALIZED_FEATURE,
+    ApiVersionsResponse_v3,
+    EndTxnRequest_v5,
+    finalized_features,
+)
+
+
+def _answer(tags: dict[int, bytes]) -> ApiVersionsResponse_v3:
+    return ApiVersionsResponse_v3(0, [], 0, tags)
+
+
+def test_the_finalized_features_are_read_from_their_tagged_field() -> None:
+    features = [("metadata.version", 27, 27, {}), ("transaction.version", 2, 2, {})]
+    raw = _FINALIZED_FEATURE.encode(features)
+
+    assert finalized_features(_answer({2: raw})) == {
+        "metadata.version": 27,
+        "transaction.version": 2,
+    }
+
+
+def test_a_broker_that_finalized_nothing_has_no_features() -> None:
+    assert finalized_features(_answer({})) == {}
+    # Supported (tag 0) is not finalized: a broker able to do v2 has not turned it on.
+    assert finalized_features(_answer({0: _FINALIZED_FEATURE.encode([])})) == {}
+
+
+def test_end_txn_v5_is_a_flexible_request_that_round_trips() -> None:
+    request = EndTxnRequest_v5("apex-orchestrator-0", 42, 7, True, {})
+
+    decoded = EndTxnRequest_v5.decode(BytesIO(request.encode()))
+
+    assert EndTxnRequest_v5.FLEXIBLE_VERSION
+    assert (decoded.transactional_id, decoded.producer_id, decoded.producer_epoch) == (
+        "apex-orchestrator-0",
+        42,
+        7,
+    )
+    assert decoded.transaction_result is True
