@@ -148,3 +148,34 @@ async def test_protocol_v1_stays_available_when_asked_for(
 def test_an_unknown_protocol_is_refused_by_name(settings: Settings) -> None:
     with pytest.raises(ValueError, match="APEX_KAFKA_TXN_PROTOCOL='v3'"):
         make_producer(replace(settings, kafka_txn_protocol="v3"), transactional_id=_txn_id())
+
+
+@pytest.mark.slow  # ~33,000 transactions: about three minutes
+@pytest.mark.timeout(900)
+async def test_v2_goes_on_under_a_new_producer_id_when_the_epochs_run_out(
+    settings: Settings, topic_factory: TopicFactory
+) -> None:
+    """An epoch is a short: after ~32,767 transactions of one id, EndTxn names a new producer
+    id (epoch 0), and the transactions after it commit as before (sequences from 0 again)."""
+    topic = await topic_factory("log")
+    producer = make_producer(settings, transactional_id=_txn_id())
+    await producer.start()
+    sent = 0
+    try:
+        first_id = producer._txn_manager.producer_id
+        while producer._txn_manager.producer_id == first_id:
+            assert sent < 33_000, "the producer id's epochs never ran out"
+            async with producer.transaction():
+                delivered = await producer.send(topic, b"%d" % sent, key=b"run-1")
+            await delivered
+            sent += 1
+        assert producer._txn_manager.producer_epoch == 0
+        for _ in range(3):
+            async with producer.transaction():
+                delivered = await producer.send(topic, b"%d" % sent, key=b"run-1")
+            await delivered
+            sent += 1
+    finally:
+        await producer.stop()
+
+    assert await _read(settings, topic, "read_committed") == sorted(b"%d" % n for n in range(sent))
