@@ -27,17 +27,21 @@ Two things aiokafka does on every record that Apex pays for a great deal:
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from collections.abc import Iterable
 from typing import Any
 
 import aiokafka.producer.sender as _sender
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from apex.config import Settings
 from apex.kafka.txn_v2 import use_transaction_v2
+
+log = logging.getLogger(__name__)
 
 TXN_PROTOCOLS = ("auto", "v1")
 """``APEX_KAFKA_TXN_PROTOCOL``: auto uses v2 (KIP-890) where the broker has it."""
@@ -94,7 +98,14 @@ class _Producer(AIOKafkaProducer):  # type: ignore[misc]
         await super().start()
         txn = self._txn_manager
         if self.txn_protocol == "auto" and txn is not None and txn.transactional_id is not None:
-            self.txn_protocol = "v2" if await use_transaction_v2(self) else "v1"
+            try:
+                self.txn_protocol = "v2" if await use_transaction_v2(self) else "v1"
+            except KafkaError as exc:  # v1 works with any broker: slower, not wrong
+                log.warning("could not ask the broker for transaction protocol v2 (%r): v1", exc)
+                self.txn_protocol = "v1"
+            except BaseException:
+                await self.stop()  # its sender runs since super().start()
+                raise
 
     def _partition(
         self,
@@ -146,8 +157,8 @@ async def send_batched(producer: AIOKafkaProducer, records: Iterable[Record]) ->
     by one with a metadata object each, and its callbacks (~20 % of the
     orchestrator's CPU at 1,000 runs) — is paid once per partition. A closed
     batch does not linger: all of a transaction's batches are queued before the
-    producer's sender runs, so one AddPartitionsToTxn covers them and the
-    Produce follows its answer at once. Records keep their order per partition;
+    producer's sender runs, so one Produce carries them (with transaction protocol
+    v1, after one AddPartitionsToTxn for them all). Records keep their order per partition;
     a partition's batch that fills up (``max_batch_size``) goes first and a new
     one follows it.
     """

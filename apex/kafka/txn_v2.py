@@ -27,7 +27,15 @@ What changes in aiokafka, and only for a producer that turns it on (see
 - EndTxn goes as v5, and its answer's producer id and epoch replace the
   producer's, with fresh sequence numbers;
 - offsets go with TxnOffsetCommit v5, which adds the group's offsets partition
-  itself (no AddOffsetsToTxn).
+  itself (no AddOffsetsToTxn);
+- a fenced producer hears PRODUCER_FENCED (90) at these versions, which aiokafka
+  does not know: it raises ``ProducerFenced`` as with v1; TRANSACTION_ABORTABLE
+  (120) is :class:`TransactionAbortable`, not an anonymous unknown error;
+- a transaction that sent anything ends with an EndTxn, also when aiokafka forgot
+  its partitions on an abortable error (it would end it locally, leaving it open
+  on the broker for the next commit to commit).
+
+A producer that cannot ask the broker (a lost connection at start) speaks v1.
 
 aiokafka's own flexible-version encoding (compact strings, arrays and tagged
 fields) encodes the requests.
@@ -50,7 +58,11 @@ from aiokafka.producer.sender import (
     SendProduceReqHandler,
     TxnOffsetCommitHandler,
 )
-from aiokafka.producer.transaction_manager import PidAndEpoch, TransactionManager
+from aiokafka.producer.transaction_manager import (
+    PidAndEpoch,
+    TransactionManager,
+    TransactionState,
+)
 from aiokafka.protocol.api import Request, RequestStruct, Response, ResponseHeader_v0
 from aiokafka.protocol.types import (
     Boolean,
@@ -70,8 +82,29 @@ FEATURE = "transaction.version"
 """The broker feature that turns the second protocol on, when finalised at 2 or more."""
 
 _NO_TAGS: dict[int, bytes] = {}
-_CONCURRENT_TRANSACTIONS = errors.ConcurrentTransactions.errno
 _UTF8 = "utf-8"
+_CONCURRENT_TRANSACTIONS = errors.ConcurrentTransactions.errno
+_INVALID_PRODUCER_EPOCH = errors.InvalidProducerEpoch.errno
+_PRODUCER_FENCED = 90
+"""PRODUCER_FENCED: what the coordinator answers a fenced producer at v2's request versions
+(aiokafka knows no code above 79); read as INVALID_PRODUCER_EPOCH, which it raises as
+``ProducerFenced``."""
+
+
+class TransactionAbortable(errors.BrokerResponseError):  # type: ignore[misc]
+    """TRANSACTION_ABORTABLE (KIP-890): the transaction cannot commit; abort it and go on."""
+
+    errno = 120
+    message = "TRANSACTION_ABORTABLE"
+    description = "The server encountered an error with the transaction: abort it and retry."
+
+
+errors.kafka_errors.setdefault(TransactionAbortable.errno, TransactionAbortable)
+
+
+def _as_v1(code: int) -> int:
+    """An error code as aiokafka's handlers read it: fenced is fenced, whatever the version."""
+    return _INVALID_PRODUCER_EPOCH if code == _PRODUCER_FENCED else code
 
 
 # -- the requests ----------------------------------------------------------------------------
@@ -115,12 +148,12 @@ class ApiVersionsRequest_v3(RequestStruct):  # type: ignore[misc]
 
 class ApiVersionsV3Request(Request[ApiVersionsRequest_v3]):  # type: ignore[misc]
     API_KEY = 18
-    ALLOW_UNKNOWN_API_VERSION = True
 
     def build(self, request_struct_class: type[ApiVersionsRequest_v3]) -> ApiVersionsRequest_v3:
         return request_struct_class("apex", "1", _NO_TAGS)
 
 
+_FINALIZED_FEATURES_EPOCH_TAG = 1
 _FINALIZED_FEATURES_TAG = 2
 _FINALIZED_FEATURE = CompactArray(
     ("name", CompactString(_UTF8)),
@@ -133,8 +166,9 @@ _FINALIZED_FEATURE = CompactArray(
 def finalized_features(response: ApiVersionsResponse_v3) -> dict[str, int]:
     """The broker's finalised features and their levels, from an ApiVersions v3 answer."""
     raw = response.tags.get(_FINALIZED_FEATURES_TAG)
-    if raw is None:
-        return {}
+    epoch = response.tags.get(_FINALIZED_FEATURES_EPOCH_TAG)
+    if raw is None or epoch is None or Int64.decode(BytesIO(epoch)) < 0:
+        return {}  # the list counts only with a features epoch (KIP-584)
     return {name: level for name, level, _min, _tags in _FINALIZED_FEATURE.decode(BytesIO(raw))}
 
 
@@ -219,7 +253,7 @@ class ProduceV12Request(Request[ProduceRequest_v12]):  # type: ignore[misc]
 
     def build(self, request_struct_class: type[ProduceRequest_v12]) -> ProduceRequest_v12:
         topics = [
-            (topic, [(partition, bytes(data), _NO_TAGS) for partition, data in parts], _NO_TAGS)
+            (topic, [(partition, data, _NO_TAGS) for partition, data in parts], _NO_TAGS)
             for topic, parts in self.topics.items()
         ]
         return request_struct_class(
@@ -340,8 +374,10 @@ class TxnOffsetCommitV5Request(Request[TxnOffsetCommitRequest_v5]):  # type: ign
             (topic, [(p, offset, -1, meta, _NO_TAGS) for p, offset, meta in parts], _NO_TAGS)
             for topic, parts in self._topics
         ]
-        # No generation (-1) and no member: the group coordinator checks the producer's
-        # epoch only, as for aiokafka's v0 (Apex fences zombies by transactional id).
+        # No generation (-1), member or instance: the group coordinator checks no membership,
+        # as for aiokafka's v0; the producer's epoch is checked by the transaction
+        # coordinator when the group's offsets partition is added (Apex fences zombies by
+        # transactional id).
         return request_struct_class(*self._head, -1, "", None, topics, _NO_TAGS)
 
 
@@ -349,13 +385,33 @@ class TxnOffsetCommitV5Request(Request[TxnOffsetCommitRequest_v5]):  # type: ign
 
 
 class _TransactionManagerV2(TransactionManager):  # type: ignore[misc]
-    """A partition is in the transaction once a batch for it is queued: its leader adds it."""
+    """A partition is in the transaction once a batch for it is queued: its leader adds it.
+
+    ``begun``: a batch or offsets went towards the broker in this transaction, so it
+    may be open there and must end with an EndTxn. aiokafka forgets the partitions on
+    an abortable error and would end such a transaction locally, leaving it open on the
+    broker, where the next transaction's commit would commit it too.
+    """
+
+    begun = False
 
     def maybe_add_partition_to_txn(self, tp: TopicPartition) -> None:
         if self.transactional_id is None:
             return
         assert self.is_in_transaction()
         self._txn_partitions.add(tp)
+        self.begun = True
+
+    def add_offsets_to_txn(self, offsets: Any, group_id: str) -> Any:
+        self.begun = True
+        return super().add_offsets_to_txn(offsets, group_id)
+
+    def is_empty_transaction(self) -> bool:
+        return not self.begun
+
+    def complete_transaction(self) -> None:
+        super().complete_transaction()
+        self.begun = False
 
     def consumer_group_to_add(self) -> None:
         return None  # TxnOffsetCommit v5 adds the group's offsets partition itself
@@ -390,6 +446,7 @@ class _ProduceHandlerV2(SendProduceReqHandler):  # type: ignore[misc]
 
     def handle_response(self, response: ProduceResponse_v12) -> None:
         topics: list[tuple[str, list[tuple[Any, ...]]]] = []
+        concurrent: list[Any] = []
         for topic, parts, _tags in response.topics:
             answered = []
             for part in parts:
@@ -397,13 +454,19 @@ class _ProduceHandlerV2(SendProduceReqHandler):  # type: ignore[misc]
                 if part[1] == _CONCURRENT_TRANSACTIONS and batch is not None:
                     # The leader could not add the partition yet: the coordinator still
                     # writes the last transaction's markers. Sent again soon, as the first
-                    # protocol retries AddPartitionsToTxn for it (KAFKA-5477), and quietly.
-                    self._default_backoff = _sender.BACKOFF_OVERRIDE
-                    self._to_reenqueue.append(batch)
-                else:
-                    answered.append(part[:7])  # v8's shape: the tagged fields dropped
+                    # protocol retries AddPartitionsToTxn for it (KAFKA-5477).
+                    concurrent.append(batch)
+                elif part[1] == TransactionAbortable.errno and batch is not None:
+                    batch.failure(exception=TransactionAbortable(f"{topic}[{part[0]}]: {part[6]}"))
+                else:  # v8's shape: the tagged fields dropped
+                    answered.append((part[0], _as_v1(part[1]), *part[2:7]))
             topics.append((topic, answered))
         super().handle_response(_ProduceAnswer(topics))
+        if concurrent:
+            if not self._to_reenqueue:  # others waiting for a retry keep the usual backoff
+                self._default_backoff = _sender.BACKOFF_OVERRIDE
+            self._to_reenqueue += concurrent
+            log.debug("CONCURRENT_TRANSACTIONS on %d partition(s): again", len(concurrent))
 
 
 class _ProduceAnswer:
@@ -425,6 +488,7 @@ class _EndTxnHandlerV2(EndTxnHandler):  # type: ignore[misc]
     def handle_response(self, resp: EndTxnResponse_v5) -> float | None:
         if errors.for_code(resp.error_code) is errors.NoError:
             self._sender._txn_manager.next_epoch(resp.producer_id, resp.producer_epoch)
+        resp.error_code = _as_v1(resp.error_code)
         result: float | None = super().handle_response(resp)
         return result
 
@@ -449,7 +513,7 @@ class _TxnOffsetCommitHandlerV2(TxnOffsetCommitHandler):  # type: ignore[misc]
             # markers): the whole request again soon, as for a Produce.
             return float(_sender.BACKOFF_OVERRIDE)
         as_v0 = _OffsetAnswer(
-            [(topic, [p[:2] for p in parts]) for topic, parts, _tags in resp.errors]
+            [(topic, [(p[0], _as_v1(p[1])) for p in parts]) for topic, parts, _tags in resp.errors]
         )
         result: float | None = super().handle_response(as_v0)
         return result
@@ -498,7 +562,10 @@ async def broker_transaction_version(producer: AIOKafkaProducer) -> int:
     """The ``transaction.version`` the cluster finalised (0: none; ask the coordinator)."""
     txn_id = producer._txn_manager.transactional_id
     node_id = await producer._sender._find_coordinator(CoordinationType.TRANSACTION, txn_id)
-    response = await producer.client.send(node_id, ApiVersionsV3Request())
+    try:
+        response = await producer.client.send(node_id, ApiVersionsV3Request())
+    except NotImplementedError:  # a broker older than ApiVersions v3 (Kafka 2.4)
+        return 0
     if errors.for_code(response.error_code) is not errors.NoError:
         return 0
     return finalized_features(response).get(FEATURE, 0)
@@ -514,9 +581,9 @@ async def use_transaction_v2(producer: AIOKafkaProducer) -> bool:
     txn = producer._txn_manager
     if txn is None or txn.transactional_id is None:
         raise ValueError("transaction protocol v2 is for a transactional producer")
-    if txn.is_in_transaction():
-        raise RuntimeError("switch the transaction protocol before the first transaction")
     level = await broker_transaction_version(producer)
+    if txn.state is not TransactionState.READY:
+        raise RuntimeError("switch the transaction protocol before the first transaction")
     if level < 2:
         log.info("broker's %s is %d: transactions use protocol v1", FEATURE, level)
         return False

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from apex.config import Settings
@@ -179,3 +179,79 @@ async def test_v2_goes_on_under_a_new_producer_id_when_the_epochs_run_out(
         await producer.stop()
 
     assert await _read(settings, topic, "read_committed") == sorted(b"%d" % n for n in range(sent))
+
+
+async def test_a_zombie_committing_after_the_next_owner_started_is_told_it_is_fenced(
+    settings: Settings, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory("log")
+    txn_id = _txn_id()
+    zombie = make_producer(settings, transactional_id=txn_id)
+    owner = make_producer(settings, transactional_id=txn_id)
+    await zombie.start()
+    try:
+        await zombie.begin_transaction()
+        await zombie.send_and_wait(topic, b"zombie", key=b"run-1")
+        await owner.start()  # bumps the epoch and aborts the zombie's open transaction
+        # EndTxn v5 answers PRODUCER_FENCED (90), which aiokafka alone would call unknown.
+        with pytest.raises(ProducerFenced):
+            await zombie.commit_transaction()
+        async with owner.transaction():
+            await owner.send_and_wait(topic, b"owner", key=b"run-1")
+    finally:
+        await owner.stop()
+        await zombie.stop()
+
+    assert await _read(settings, topic, "read_committed") == [b"owner"]
+
+
+async def test_a_record_the_broker_refuses_fails_its_transaction_and_the_abort_ends_it(
+    settings: Settings, topic_factory: TopicFactory
+) -> None:
+    topic = await topic_factory("log", configs={"max.message.bytes": "2000"})
+    producer = make_producer(settings, transactional_id=_txn_id())
+    await producer.start()
+    try:
+        await producer.begin_transaction()
+        await producer.send_and_wait(topic, b"aborted", key=b"run-1")
+        with pytest.raises(MessageSizeTooLargeError):  # the broker's limit, not the client's
+            await producer.send_and_wait(topic, b"x" * 5000, key=b"run-1")
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"kept", key=b"run-1")
+    finally:
+        await producer.stop()
+
+    assert await _read(settings, topic, "read_committed") == [b"kept"]
+    assert b"aborted" in await _read(settings, topic, "read_uncommitted")
+
+
+async def test_a_failed_question_to_the_broker_leaves_v1_or_a_stopped_producer(
+    settings: Settings, topic_factory: TopicFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import apex.kafka.clients as clients
+
+    topic = await topic_factory("log")
+
+    async def unreachable(producer: object) -> bool:
+        raise KafkaConnectionError("connection lost")
+
+    monkeypatch.setattr(clients, "use_transaction_v2", unreachable)
+    producer = make_producer(settings, transactional_id=_txn_id())
+    await producer.start()  # a lost connection costs the round trip v2 saves, nothing else
+    try:
+        assert producer.txn_protocol == "v1"
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"v1", key=b"run-1")
+    finally:
+        await producer.stop()
+
+    async def broken(producer: object) -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(clients, "use_transaction_v2", broken)
+    failed = make_producer(settings, transactional_id=_txn_id())
+    with pytest.raises(RuntimeError, match="a bug"):
+        await failed.start()
+    assert failed._closed  # stopped: its sender and connections do not outlive the error
+    assert await _read(settings, topic, "read_committed") == [b"v1"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from io import BytesIO
 
+from aiokafka.protocol.types import Int64
+
 from apex.kafka.txn_v2 import (
     _FINALIZED_FEATURE,
     ApiVersionsResponse_v3,
@@ -20,10 +22,13 @@ def test_the_finalized_features_are_read_from_their_tagged_field() -> None:
     features = [("metadata.version", 27, 27, {}), ("transaction.version", 2, 2, {})]
     raw = _FINALIZED_FEATURE.encode(features)
 
-    assert finalized_features(_answer({2: raw})) == {
+    assert finalized_features(_answer({1: Int64.encode(7), 2: raw})) == {
         "metadata.version": 27,
         "transaction.version": 2,
     }
+    # Without a features epoch (or with -1), the list is not to be trusted (KIP-584).
+    assert finalized_features(_answer({2: raw})) == {}
+    assert finalized_features(_answer({1: Int64.encode(-1), 2: raw})) == {}
 
 
 def test_a_broker_that_finalized_nothing_has_no_features() -> None:
