@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
@@ -28,6 +28,15 @@ async def _read(settings: Settings, topic: str, isolation: str) -> list[bytes]:
 
 def _txn_id() -> str:
     return f"test-v2-{uuid.uuid4().hex}"
+
+
+def _zombie_and_owner(settings: Settings) -> tuple[AIOKafkaProducer, AIOKafkaProducer]:
+    """Two producers of one transactional id: the one that starts first, and its next owner."""
+    txn_id = _txn_id()
+    return (
+        make_producer(settings, transactional_id=txn_id),
+        make_producer(settings, transactional_id=txn_id),
+    )
 
 
 async def test_the_local_broker_has_protocol_v2_and_producers_use_it(settings: Settings) -> None:
@@ -74,10 +83,8 @@ async def test_a_v2_zombie_is_fenced_by_the_next_owner_and_writes_nothing(
     settings: Settings, topic_factory: TopicFactory
 ) -> None:
     topic = await topic_factory("log")
-    txn_id = _txn_id()
-    zombie = make_producer(settings, transactional_id=txn_id)
+    zombie, owner = _zombie_and_owner(settings)
     await zombie.start()
-    owner = make_producer(settings, transactional_id=txn_id)
     try:
         async with zombie.transaction():
             await zombie.send_and_wait(topic, b"before", key=b"run-1")
@@ -185,9 +192,7 @@ async def test_a_zombie_committing_after_the_next_owner_started_is_told_it_is_fe
     settings: Settings, topic_factory: TopicFactory
 ) -> None:
     topic = await topic_factory("log")
-    txn_id = _txn_id()
-    zombie = make_producer(settings, transactional_id=txn_id)
-    owner = make_producer(settings, transactional_id=txn_id)
+    zombie, owner = _zombie_and_owner(settings)
     await zombie.start()
     try:
         await zombie.begin_transaction()
