@@ -3,7 +3,7 @@
 Producers are idempotent with ``acks=all``; consumers read committed records
 only and never auto-commit (offsets move with transactions or explicit commits).
 
-Two things aiokafka does on every record that Apex pays for a great deal:
+What aiokafka does on every record or transaction that Apex pays for a great deal:
 
 - its partitioner hashes the key with a pure-Python murmur2 (13-16 % of the
   orchestrator's CPU): :func:`key_hash` keeps the hash of recent keys — a run
