@@ -421,10 +421,6 @@ class _TransactionManagerV2(TransactionManager):  # type: ignore[misc]
             return offsets, group_id
         return None
 
-    def offset_committed(self, tp: TopicPartition, offset: int, group_id: str) -> None:
-        self._txn_consumer_group = group_id  # the transaction is no longer empty
-        super().offset_committed(tp, offset, group_id)
-
     def next_epoch(self, producer_id: int, epoch: int) -> None:
         """The coordinator ended the transaction and bumped the epoch (or the id, on overflow)."""
         if producer_id >= 0 and epoch >= 0:
