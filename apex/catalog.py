@@ -52,7 +52,7 @@ class DefinitionCatalog:
 
         Between reads the partitions are paused: an assigned consumer fetches on
         its own, and this one cost the broker and its process a long poll every
-        ``fetch_max_wait_ms`` (20 ms) for records nobody reads until the next read.
+        ``fetch_max_wait_ms`` for records nobody reads until the next read.
         """
         consumer = self._consumer
         assert consumer is not None, "DefinitionCatalog.start() first"

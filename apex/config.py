@@ -83,7 +83,11 @@ class Settings:
         "would write a larger one goes to the DLQ; a task whose report would is failed.",
     )
     fetch_max_wait_ms: int = _setting(
-        "APEX_FETCH_MAX_WAIT_MS", 20, "Consumer fetch wait; it bounds the idle latency of a hop."
+        "APEX_FETCH_MAX_WAIT_MS",
+        200,
+        "How long the broker holds a consumer's fetch when there is nothing to read. A fetch "
+        "comes back as soon as records arrive, so this is how often an idle consumer asks "
+        "again, and the longest a partition resumed or re-read waits behind a fetch in flight.",
     )
     kafka_txn_retry_ms: int = _setting(
         "APEX_KAFKA_TXN_RETRY_MS",
