@@ -2,7 +2,8 @@
 
 The harness plans the scenarios, brings the peers up (Temporal's dev server,
 DBOS's database), runs each scenario's drivers as child processes — one system
-after the other within a scenario, so neighbours see the same machine — and
+after the other within a scenario, so neighbours see the same machine; a cell
+with repeats lets the systems take turns, repeat by repeat — and
 writes ``benchmarks/results/<date>-<host>.json`` and ``benchmarks/RESULTS.md``.
 
 Scenarios (``--only`` takes shell patterns of these names):
@@ -55,13 +56,27 @@ class Level:
     concurrency: int
     runs: int
     max_seconds: float
+    repeats: int = 1
+    """Measurements of each system per cell (``--repeat`` overrides): the figures are
+    their medians."""
 
 
-FULL_LEVELS = (Level(1, 100, 60), Level(100, 6000, 60), Level(1000, 24000, 60))
+FULL_LEVELS = (
+    Level(1, 100, 20, repeats=5),
+    Level(100, 6000, 60),
+    Level(1000, 24000, 60),
+)
 """Runs per cell: enough for Apex to hold its concurrency for ~30-60 s, as the peers do
 (they reach ``max_seconds`` first). With 6,000 runs at c=1000 Apex's cell lasted 11 s, of
 which the first and the last ~2 s (a run's latency each: the pipeline filling, then the last
-1,000 runs draining) were a third: the target is *sustained* throughput."""
+1,000 runs draining) were a third: the target is *sustained* throughput.
+
+One run in flight, five repeats of ~5 s each (Temporal stops at 20 s): a single one was
+at the mercy of the machine's phase. On this VM the same Apex build measured a c=1 hop
+p50 of 6.2 ms and, an hour later, 7.7 ms, with every process's CPU per step up alike;
+in one full run its cell, the first after the broker's warm-up, measured 10.4 ms while
+the next ones in minutes were at 7. The medians of interleaved repeats meet the same
+phases on every system."""
 QUICK_LEVELS = (Level(1, 5, 10), Level(20, 60, 10))
 
 
@@ -70,7 +85,8 @@ class Options:
     quick: bool = False
     only: tuple[str, ...] = ()
     peers: tuple[str, ...] = PEERS
-    repeat: int = 1
+    repeat: int | None = None
+    """Measurements per end-to-end cell; ``None``: each level's own (:class:`Level`)."""
     profile: bool = False
     worker_concurrency: int = 100
     memory_runs: int = 10_000
@@ -325,16 +341,21 @@ def _e2e(
         drivers["dbos"] = ["benchmarks.peers.dbos_e2e", *common, "--database-url", peers.dbos_url]
     profile_here = options.profile and _is_profiled(scenario, options)
     timeout = level.max_seconds + 600
-    systems: dict[str, Any] = {}
-    for system, argv in drivers.items():
-        repeats = []
-        for attempt in range(options.repeat):
-            say(f"{scenario.name}: {system} ({attempt + 1}/{options.repeat})")
+    count = options.repeat or level.repeats
+    repeats: dict[str, list[dict[str, Any]]] = {system: [] for system in drivers}
+    order = list(drivers)
+    for attempt in range(count):
+        # The systems take turns, and the first of each turn changes: a slow phase of
+        # the machine falls on every system alike, not on whichever runs first.
+        shift = attempt % len(order)
+        for system in order[shift:] + order[:shift]:
+            say(f"{scenario.name}: {system} ({attempt + 1}/{count})")
             extra: list[str] = []
             if system == "apex":
                 extra += ["--log-dir", str(run_dir / scenario.name / f"apex-{attempt}")]
-            repeats.append(_driver(argv + extra, timeout, run_dir / scenario.name, system))
-        systems[system] = _aggregate(repeats)
+            argv = drivers[system]
+            repeats[system].append(_driver(argv + extra, timeout, run_dir / scenario.name, system))
+    systems = {system: _aggregate(done) for system, done in repeats.items()}
     if profile_here:
         # A run of its own, after the measured ones: py-spy takes CPU from the services
         # on 2 cores, and this is the throughput target's cell. Its figures are not kept.
@@ -449,18 +470,35 @@ def _driver(args: list[str], timeout: float, log_dir: Path, system: str) -> dict
 
 
 def _aggregate(repeats: list[dict[str, Any]]) -> dict[str, Any]:
-    """One repeat as is; several: medians of the headline figures, the repeats kept."""
-    ok = [r for r in repeats if r.get("status") == "ok"]
-    if len(repeats) == 1 or not ok:
-        return repeats[0] if len(repeats) == 1 else {**repeats[-1], "repeats": repeats}
+    """One repeat as is; several: each figure the median of the repeats' (a failed
+    repeat fails the cell), the run counts summed, the repeats kept."""
+    if len(repeats) == 1:
+        return repeats[0]
+    failed = [r for r in repeats if r.get("status") != "ok"]
+    if failed:
+        return {**failed[0], "repeats": repeats}
+    ok = repeats
+
+    def median(values: Iterator[Any]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 3) if present else None
+
     merged = dict(ok[0])
-    for key in ("steps_per_s", "runs_per_s"):
-        merged[key] = round(statistics.median(r[key] for r in ok), 2)
+    for key in ("steps_per_s", "runs_per_s", "cpu_ms_per_step", "cpu_pressure_pct"):
+        merged[key] = median(r.get(key) for r in ok)
+    for key in ("runs_completed", "runs_failed", "steps_completed"):
+        merged[key] = sum(r.get(key) or 0 for r in ok)
     for block in ("step_to_step", "run_latency"):
         merged[block] = {
-            k: round(statistics.median(r[block][k] for r in ok if k in r[block]), 3)
+            k: sum(r[block].get(k) or 0 for r in ok)
+            if k == "count"
+            else median(r[block].get(k) for r in ok)
             for k in ok[0][block]
         }
+    merged["processes"] = {
+        name: {k: median(r.get("processes", {}).get(name, {}).get(k) for r in ok) for k in figures}
+        for name, figures in (ok[0].get("processes") or {}).items()
+    }
     merged["repeats"] = repeats
     return merged
 

@@ -248,7 +248,9 @@ def _e2e_tables(report: dict[str, Any]) -> list[str]:
         "backends) divided by the steps completed; the broker and PostgreSQL are shared with "
         "whatever else runs on the machine. CPU pressure: share of the cell's wall time in "
         "which some runnable task waited for a CPU (Linux PSI) — the system's own processes "
-        "competing for 2 cores count too, but a high figure on a light cell means neighbours.",
+        "competing for 2 cores count too, but a high figure on a light cell means neighbours. "
+        "A cell measured in repeats (the systems taking turns): each figure is the median of "
+        "its repeats' and the runs are all the repeats' together.",
         "",
         "| scenario | system | steps/s | runs/s | step→step p50 / p95 / p99 ms | "
         "run p50 / p99 ms | CPU ms / step | runs (failed or > 300 s) | CPU pressure |",
@@ -267,7 +269,7 @@ def _e2e_tables(report: dict[str, Any]) -> list[str]:
                 f"{_fmt(hop.get('p50_ms'))} / {_fmt(hop.get('p95_ms'))} / "
                 f"{_fmt(hop.get('p99_ms'))} | {_fmt(run.get('p50_ms'))} / "
                 f"{_fmt(run.get('p99_ms'))} | {_fmt(fig.get('cpu_ms_per_step'), 2)} | "
-                f"{fig['runs_completed']} ({fig['runs_failed']}) | "
+                f"{fig['runs_completed']} ({fig['runs_failed']}){_repeats(fig)} | "
                 f"{_fmt(fig.get('cpu_pressure_pct'))}% |"
             )
     peers = sorted({p for _, e in cells for p in e.get("ratios", {})})
@@ -320,6 +322,11 @@ def _e2e_tables(report: dict[str, Any]) -> list[str]:
                 f"{_fmt(figures.get('rss_mb'))} |"
             )
     return lines
+
+
+def _repeats(figures: dict[str, Any]) -> str:
+    count = len(figures.get("repeats") or ())
+    return f" in {count} repeats" if count > 1 else ""
 
 
 def _other_tables(report: dict[str, Any]) -> list[str]:

@@ -44,8 +44,13 @@ def bench(
     ] = "temporal,dbos",
     no_peers: Annotated[bool, typer.Option("--no-peers", help="Apex alone.")] = False,
     repeat: Annotated[
-        int, typer.Option(min=1, help="Run each end-to-end cell N times; report medians.")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Run each end-to-end cell N times, the systems taking turns; report medians "
+            "(default: 5 at one run in flight, 1 above).",
+        ),
+    ] = None,
     profile: Annotated[
         bool,
         typer.Option(
