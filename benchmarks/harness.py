@@ -477,27 +477,28 @@ def _aggregate(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     failed = [r for r in repeats if r.get("status") != "ok"]
     if failed:
         return {**failed[0], "repeats": repeats}
-    ok = repeats
 
     def median(values: Iterator[Any]) -> float | None:
         present = [v for v in values if v is not None]
         return round(statistics.median(present), 3) if present else None
 
-    merged = dict(ok[0])
+    merged = dict(repeats[0])
     for key in ("steps_per_s", "runs_per_s", "cpu_ms_per_step", "cpu_pressure_pct"):
-        merged[key] = median(r.get(key) for r in ok)
+        merged[key] = median(r.get(key) for r in repeats)
     for key in ("runs_completed", "runs_failed", "steps_completed"):
-        merged[key] = sum(r.get(key) or 0 for r in ok)
+        merged[key] = sum(r.get(key) or 0 for r in repeats)
     for block in ("step_to_step", "run_latency"):
         merged[block] = {
-            k: sum(r[block].get(k) or 0 for r in ok)
+            k: sum(r[block].get(k) or 0 for r in repeats)
             if k == "count"
-            else median(r[block].get(k) for r in ok)
-            for k in ok[0][block]
+            else median(r[block].get(k) for r in repeats)
+            for k in repeats[0][block]
         }
     merged["processes"] = {
-        name: {k: median(r.get("processes", {}).get(name, {}).get(k) for r in ok) for k in figures}
-        for name, figures in (ok[0].get("processes") or {}).items()
+        name: {
+            k: median(r.get("processes", {}).get(name, {}).get(k) for r in repeats) for k in figures
+        }
+        for name, figures in (repeats[0].get("processes") or {}).items()
     }
     merged["repeats"] = repeats
     return merged
