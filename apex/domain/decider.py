@@ -91,7 +91,8 @@ def decide_and_evolve(
         _on_finished_run(decision, command)
     else:
         _HANDLERS[type(command)](decision, command)
-    return decision.events, decision.state()
+    events = decision.events
+    return events, decision.run.freeze() if events else state
 
 
 class _Decision:
@@ -107,6 +108,8 @@ class _Decision:
     def __init__(self, state: RunState | None, command: cmd.Command) -> None:
         self.given = state
         if state is not None:
+            if command.run_id != state.run_id:
+                raise FoldError(f"command for run {command.run_id} given run {state.run_id}")
             self.run: RunDraft = RunDraft(state)
         self.command = command
         self.events: list[ev.Event] = []
@@ -182,15 +185,13 @@ _NO_OUTPUT: Any = object()
 # The event is built as the draft's next one — the next ``seq``, and a step the
 # run has (handlers name no other) — so its rule folds it without
 # ``RunDraft.apply``'s checks of those. Only the run id comes from outside (the
-# command): it is checked.
+# command): ``_Decision`` checks it once, for all the command's events.
 
 _EMITTER_SOURCE = """\
 def emit(d, {own}):
     command = d.command
     run = d.run
-    run_id = command.run_id
-    if run_id != run.run_id:
-        raise FoldError(f"event of run {{run_id}} applied to run {{run.run_id}}")
+    run_id = run.run_id  # the command's: checked once, by _Decision
     seq = run.seq + 1
 {build}    d.events.append(event)
     rule(run, event)
@@ -214,7 +215,7 @@ def _emitter(event_type: type[E]) -> Callable[..., E]:
     # The event is built in ``emit`` itself, not by calling ``new``: one call less
     # for every event.
     build, namespace = building(event_type, "event", (*_HEADER_VALUES, *own))
-    namespace.update(rule=fold_rule(event_type), FoldError=FoldError)
+    namespace.update(rule=fold_rule(event_type))
     exec(_EMITTER_SOURCE.format(own=", ".join(own), build=build), namespace)
     emit: Callable[..., E] = namespace["emit"]
     emit.__defaults__ = new.__defaults__  # the defaults of the trailing fields that have one
@@ -655,8 +656,9 @@ def _reported_attempt(
     | cmd.ReportTaskFailed,
 ) -> StepState | None:
     """The step if the report is for its current, active attempt; else handle and ``None``."""
-    st = _waiting_step(d, c.step_id)
+    st = d.run.steps.get(c.step_id)  # _waiting_step, inline: every report comes here
     if st is None:
+        d.reject(f"{d.run.definition.key} has no step {c.step_id!r}")
         return None
     # While a step waits to retry, ``attempt`` already names the next attempt,
     # which has not been dispatched yet.

@@ -23,6 +23,7 @@ from decider_strategies import (
 
 from apex.domain import commands as cmd
 from apex.domain import events as ev
+from apex.domain.decider import decide_and_evolve
 from apex.domain.definitions import (
     JSON,
     ApprovalGate,
@@ -40,7 +41,7 @@ from apex.domain.definitions import (
 from apex.domain.errors import DefinitionError
 from apex.domain.graph import topological_order
 from apex.domain.rules import backoff_ms
-from apex.domain.state import RunStatus, StepStatus
+from apex.domain.state import FoldError, RunStatus, StepStatus
 
 RETRY3 = RetryPolicy(max_attempts=3, initial_backoff_ms=1_000, max_backoff_ms=60_000)
 
@@ -219,6 +220,17 @@ def test_started_report_marks_step_running_with_its_worker() -> None:
     assert isinstance(started, ev.StepStarted)
     assert driver.step("a").status is StepStatus.RUNNING
     assert driver.step("a").worker_id == "w-9"
+
+
+def test_a_command_given_another_runs_state_raises_and_changes_nothing() -> None:
+    driver = started_run(step("a"))
+    before = driver.state
+    report = cmd.ReportTaskStarted(
+        command_id="started-1", run_id="run-2", issued_at_ms=5, step_id="a", attempt=1
+    )
+    with pytest.raises(FoldError, match="command for run run-2 given run run-1"):
+        decide_and_evolve(before, report)
+    assert driver.state is before and driver.step("a").status is StepStatus.DISPATCHED
 
 
 def test_duplicate_result_is_ignored() -> None:
