@@ -392,6 +392,46 @@ async def test_task_unfinished_at_shutdown_is_redelivered_and_finished_ones_are_
     assert {by_step["fast-1"].worker_id, by_step["fast-2"].worker_id} == {"first"}
 
 
+async def test_dispatches_waiting_for_a_slot_at_shutdown_are_not_started_and_redelivered(
+    wsettings: Settings,
+) -> None:
+    first_seen: list[str] = []
+    second_seen: list[str] = []
+    hanging = asyncio.Event()
+
+    @agent("route", concurrency=1)
+    async def hang(input: Any, ctx: TaskContext) -> Any:
+        first_seen.append(ctx.step_id)
+        hanging.set()
+        await asyncio.sleep(WAIT_S * 10)  # cancelled when the grace period ends
+        return {}
+
+    @agent("route", concurrency=1)
+    async def route(input: Any, ctx: TaskContext) -> Any:
+        second_seen.append(ctx.step_id)
+        return {"routed": ctx.step_id}
+
+    await ensure_topics(wsettings, ["route"])
+    # One run, so one partition, in this order. The lane's one slot takes q0; the rest
+    # wait for the slot, which frees only when q0 is cancelled at shutdown: after that
+    # nothing may start, and nothing past q0 may be committed.
+    await _publish(wsettings, *(_dispatch("route", f"q{i}", {}) for i in range(3)))
+    first = Worker(wsettings, [hang], worker_id="first", grace_s=0.3)
+    async with Reports(wsettings) as reports:
+        async with _running(first):
+            await asyncio.wait_for(hanging.wait(), WAIT_S)
+        assert first_seen == ["q0"]
+        assert first.stats.cancelled == 1
+        assert set((await _committed(wsettings, first.group_of("route"))).values()) == {0}
+
+        second = Worker(wsettings, [route], worker_id="second")
+        async with _running(second):
+            await reports.until(lambda seen: len(_outcomes(seen)) == 3, "all three, redelivered")
+
+    assert second_seen == ["q0", "q1", "q2"]
+    assert {o.worker_id for o in _outcomes(reports.seen)} == {"second"}
+
+
 async def _committed(settings: Settings, group: str) -> dict[int, int]:
     """The committed offset of each task partition for ``group`` (0 when none)."""
     topic = settings.topic("tasks.route")
