@@ -6,9 +6,9 @@
 
 The rebuild's per-event write path. The store's COPY backend
 (:class:`~apex.projections.store.CopyProjectionStore`) takes
-:class:`~apex.projections.rows.EventIndexRow` tuples, whose ``occurred_at`` is
-a ``datetime`` built from the event's epoch milliseconds and turned back into
-microseconds by asyncpg: per event, a row tuple, a ``datetime`` and its
+:class:`~apex.projections.rows.EventIndexRow` tuples, whose ``occurred_at`` it
+turns from the event's epoch milliseconds into a ``datetime`` that asyncpg
+turns back into microseconds: per event, a row tuple, a ``datetime`` and its
 encoding cost about 5 µs of CPU, the biggest item of a rebuild after decoding
 and folding. Here a row is the bytes PostgreSQL reads, joined from parts that
 repeat (a run's id, a type's name, the partition) and three packed integers:
@@ -70,7 +70,7 @@ class IndexCopy:
         self.rows: list[bytes] = []
 
     def add(self, event: ev.Event, offset: int) -> None:
-        """The row of ``event``, read at ``offset`` (what :func:`rows.index_row_at` gives)."""
+        """The row of ``event``, read at ``offset`` (what :func:`rows.event_index_row` gives)."""
         run_id = event.run_id
         head = self._runs.get(run_id)
         if head is None:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
@@ -383,9 +382,10 @@ class StatementProjectionStore(_PostgresStore):
         for spec in _SPECS:
             rows = getattr(changes, spec.attr)
             if rows:
-                table: list[Any] = list(zip(*map(spec.to_db, rows), strict=True))
+                values = rows if spec.to_db is _as_is else map(spec.to_db, rows)
+                table: list[Any] = list(zip(*values, strict=True))
                 for i in spec.times:
-                    table[i] = list(map(_epoch_ms, table[i]))
+                    _check_times(spec.table, spec.columns[i], table[i])
                 columns.extend(table)
             else:
                 columns.extend(self._empty[spec.attr])
@@ -400,7 +400,7 @@ class CopyProjectionStore(_PostgresStore):
             rows = getattr(changes, spec.attr)
             if not rows:
                 continue
-            records = [spec.to_db(row) for row in rows]
+            records = [_with_datetimes(spec, row) for row in rows]
             if spec.insert_only:
                 await driver.copy_records_to_table(
                     spec.table, schema_name=self.schema, columns=spec.columns, records=records
@@ -433,35 +433,36 @@ class _Spec(NamedTuple):
     """Positions of the ``timestamptz`` columns (set from the tables below)."""
 
 
-def _epoch_ms(value: datetime | None) -> int | None:
-    """A row's time as epoch milliseconds, for the statement backend's ``int8`` arrays.
+def _check_times(table: str, column: str, values: Sequence[int | None]) -> None:
+    """Row times (epoch milliseconds) must be times a ``datetime`` holds, years 1 to 9999.
 
-    asyncpg encodes a ``timestamptz`` array element at about 1.9 µs of CPU and
-    an ``int8`` at 0.6 µs (micro-benchmark, 5,000-element arrays): times were
-    the dearest parameters of a batch. Rows hold whole milliseconds (they are
-    built from epoch ms, :func:`apex.projections.rows.from_ms`), and the SQL
-    turns them back exactly (:func:`_from_ms`). Run, step and approval rows
-    share their time objects (``rows._row_time``), so the answer is remembered
-    by identity, like :func:`_json`.
+    The statement backend sends them as they are, as ``int8`` (asyncpg encodes a
+    ``timestamptz`` array element at about 1.9 µs of CPU, an ``int8`` at 0.6 µs),
+    and PostgreSQL turns them into ``timestamptz`` exactly (:func:`_from_ms`),
+    which would take years up to 294276 and leave rows nobody can read back into
+    Python. Refused with the error the COPY backend meets building their
+    ``datetime`` (:func:`~apex.projections.rows.from_ms`).
     """
-    if value is None:
-        return None
-    hit = _MS_MEMO.get(id(value))
-    if hit is not None and hit[0] is value:
-        return hit[1]
-    ms, rest = divmod(value - _EPOCH, _ONE_MS)
-    if rest:  # never from rows.from_ms; refuse rather than cut it to the millisecond
-        raise ValueError(f"read-model time {value.isoformat()} is not a whole millisecond")
-    if len(_MS_MEMO) >= _MS_MEMO_SIZE:
-        _MS_MEMO.clear()
-    _MS_MEMO[id(value)] = (value, ms)
-    return ms
+    # filter(None, ...) drops 0 too: a time in range.
+    if (
+        min(filter(None, values), default=0) < _MIN_MS
+        or max(filter(None, values), default=0) > _MAX_MS
+    ):
+        wrong = next(v for v in values if v is not None and not _MIN_MS <= v <= _MAX_MS)
+        raise OverflowError(f"{table}.{column}: time {wrong} ms is outside the years 1 to 9999")
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
-_MS_MEMO: dict[int, tuple[datetime, int]] = {}
-_MS_MEMO_SIZE = 1 << 15
+_MIN_MS = -62_135_596_800_000
+_MAX_MS = 253_402_300_799_999
+"""Epoch milliseconds of 0001-01-01 and of the last millisecond of 9999."""
+
+
+def _with_datetimes(spec: _Spec, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row's values for binary ``COPY``: its times as ``datetime`` (asyncpg's codec)."""
+    values = list(spec.to_db(row))
+    for i in spec.times:
+        values[i] = r.from_ms(values[i])
+    return tuple(values)
 
 
 def _json(value: Any) -> str | None:
@@ -604,7 +605,7 @@ _SQL_TYPES = {
     "Text": "text",
     "Integer": "int4",
     "BigInteger": "int8",
-    "DateTime": "int8",  # epoch milliseconds: see _epoch_ms
+    "DateTime": "int8",  # epoch milliseconds, as the rows hold them: see _from_ms
     "JSONB": "jsonb",
 }
 
@@ -662,7 +663,7 @@ async def read_checkpoints(
 
 
 def _check_specs(specs: Sequence[_Spec]) -> None:
-    """The row tuples and the tables must agree column for column."""
+    """The row tuples and the tables must agree column for column, times included."""
     for spec in specs:
         table = next(t for t in TABLES if t.name == spec.table)
         if tuple(c.name for c in table.columns) != spec.columns:
@@ -670,6 +671,9 @@ def _check_specs(specs: Sequence[_Spec]) -> None:
                 f"{spec.table}: row fields {spec.columns} differ from the table's columns "
                 f"{tuple(c.name for c in table.columns)}"
             )
+        times = tuple(i for i, c in enumerate(spec.columns) if c.endswith("_at"))
+        if times != spec.times:  # rows.py reads back the *_at fields as datetime
+            raise RuntimeError(f"{spec.table}: timestamptz columns {spec.times} are not the *_at")
 
 
 _check_specs(_SPECS)

@@ -43,10 +43,7 @@ def batch_of(scenario: str, run_id: str, partition: int = 0, first_offset: int =
     """The changes of a whole synthetic run, as a projector computes them."""
     events = play(scenario, run_id)
     views = r.fold_views(events)
-    index = [
-        r.event_index_row(e, r.LogPosition(TOPIC, partition, first_offset + i))
-        for i, e in enumerate(events)
-    ]
+    index = [r.index_row_at(e, TOPIC, partition, first_offset + i) for i, e in enumerate(events)]
     return r.changes_between({}, views, index)
 
 
@@ -103,10 +100,10 @@ async def test_written_rows_read_back_equal(store: ProjectionStore) -> None:
         await unit.advance(TOPIC, 0, locked, len(changes.events))
 
     tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
-    assert tables["runs"] == [tuple(row) for row in changes.runs]
-    assert tables["steps"] == sorted(tuple(row) for row in changes.steps)
-    assert tables["approvals"] == [tuple(row) for row in changes.approvals]
-    assert tables["event_index"] == [tuple(row) for row in changes.events]
+    assert tables["runs"] == [tuple(r.read_back(row)) for row in changes.runs]
+    assert tables["steps"] == sorted(tuple(r.read_back(row)) for row in changes.steps)
+    assert tables["approvals"] == [tuple(r.read_back(row)) for row in changes.approvals]
+    assert tables["event_index"] == [tuple(r.read_back(row)) for row in changes.events]
     assert tables["definition_counts"] == [tuple(row) for row in changes.counts]
 
 
@@ -125,8 +122,8 @@ async def test_rows_and_checkpoints_written_together_read_back_equal(
         await unit.advance_many(TOPIC, {0: (30, 31)})
 
     tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
-    assert tables["runs"] == sorted(tuple(row) for row in both.runs)
-    assert tables["event_index"] == sorted(tuple(row) for row in both.events)
+    assert tables["runs"] == sorted(tuple(r.read_back(row)) for row in both.runs)
+    assert tables["event_index"] == sorted(tuple(r.read_back(row)) for row in both.events)
     assert tables["definition_counts"] == [tuple(row) for row in both.counts]
     async with store.engine.connect() as connection:  # type: ignore[attr-defined]
         assert await read_checkpoints(connection, store.schema) == {(TOPIC, 0): 31, (TOPIC, 1): 7}
@@ -147,6 +144,21 @@ async def test_rows_and_checkpoints_are_refused_together(store: ProjectionStore)
             )
     async with store.transaction() as unit:
         assert await unit.lock_checkpoint(TOPIC, 0) == 0, "the checkpoint rolled back too"
+
+
+@pytest.mark.parametrize("at_ms", [-62_135_596_800_001, 253_402_300_800_000])
+async def test_a_time_no_datetime_holds_is_refused_and_rolls_back(
+    store: ProjectionStore, at_ms: int
+) -> None:
+    # Years 1 to 9999: what rows read back into Python hold (timestamptz holds more).
+    changes = batch_of("approved", "run-1")
+    changes.approvals = [row._replace(deadline_at=at_ms) for row in changes.approvals]
+    with pytest.raises(OverflowError):
+        async with store.transaction() as unit:
+            locked = await unit.lock_checkpoint(TOPIC, 0)
+            await unit.write_and_advance(changes, TOPIC, {0: (locked, len(changes.events))})
+    async with store.transaction() as unit:
+        assert await unit.lock_checkpoint(TOPIC, 0) == 0, "nothing was written"
 
 
 async def test_rows_are_upserted_and_counts_added(store: ProjectionStore) -> None:
@@ -239,7 +251,7 @@ def odd_batch(
     """A whole run's changes, with the given run id and odd values in its text columns."""
     events = play("ok", run_id)
     views = r.fold_views(events)
-    index = [r.event_index_row(e, r.LogPosition(TOPIC, 0, i)) for i, e in enumerate(events)]
+    index = [r.index_row_at(e, TOPIC, 0, i) for i, e in enumerate(events)]
     changes = r.changes_between({}, views, index)
     changes.runs = [
         row._replace(error=error, correlation_id=correlation_id) for row in changes.runs
@@ -273,7 +285,7 @@ async def test_odd_text_values_read_back_exactly(
         await unit.write_and_advance(changes, TOPIC, {0: (locked, len(changes.events))})
 
     tables = await snapshot(store.engine, store.schema)  # type: ignore[attr-defined]
-    assert tables["runs"] == [tuple(row) for row in changes.runs]
-    assert tables["steps"] == sorted(tuple(row) for row in changes.steps)
-    assert tables["event_index"] == sorted(tuple(row) for row in changes.events)
+    assert tables["runs"] == [tuple(r.read_back(row)) for row in changes.runs]
+    assert tables["steps"] == sorted(tuple(r.read_back(row)) for row in changes.steps)
+    assert tables["event_index"] == sorted(tuple(r.read_back(row)) for row in changes.events)
     assert tables["definition_counts"] == [tuple(row) for row in changes.counts]

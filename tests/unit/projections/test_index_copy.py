@@ -1,4 +1,4 @@
-"""``IndexCopy``: the rebuild's binary COPY rows say what ``rows.index_row_at`` says.
+"""``IndexCopy``: the rebuild's binary COPY rows say what ``rows.event_index_row`` says.
 
 The bytes are read back with PostgreSQL's binary COPY layout (signature, flags,
 extension, then per row a field count and length-prefixed fields, then -1), so
@@ -103,7 +103,7 @@ _MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_999
     topic=st.text(min_size=1, max_size=30),
     partition=st.integers(0, 2**31 - 1),
 )
-def test_a_row_reads_back_as_index_row_at_gives_it(
+def test_a_row_reads_back_as_event_index_row_gives_it(
     event_type: type[ev.Event],
     run_id: str,
     seq: int,
@@ -115,7 +115,8 @@ def test_a_row_reads_back_as_index_row_at_gives_it(
     event = sample(event_type, run_id, seq, at_ms)
     index = IndexCopy(topic, partition)
     index.add(event, offset)
-    assert read_copy(index.take()) == [tuple(r.index_row_at(event, topic, partition, offset))]
+    position = r.LogPosition(topic, partition, offset)
+    assert read_copy(index.take()) == [tuple(r.event_index_row(event, position))]
 
 
 def test_rows_of_many_runs_and_types_keep_their_order_and_take_starts_over() -> None:
@@ -127,7 +128,10 @@ def test_rows_of_many_runs_and_types_keep_their_order_and_take_starts_over() -> 
     for offset, event in enumerate(events):
         index.add(event, offset * 2)
     assert len(index) == len(events)
-    expected = [tuple(r.index_row_at(e, "apex.events", 3, o * 2)) for o, e in enumerate(events)]
+    expected = [
+        tuple(r.event_index_row(e, r.LogPosition("apex.events", 3, o * 2)))
+        for o, e in enumerate(events)
+    ]
     assert read_copy(index.take()) == expected
     assert len(index) == 0 and read_copy(index.take()) == []
 

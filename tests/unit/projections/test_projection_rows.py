@@ -42,6 +42,19 @@ def test_from_ms_is_exact() -> None:
     assert r.from_ms(None) is None
 
 
+def test_rows_are_written_in_epoch_ms_and_read_back_as_datetime() -> None:
+    view = r.fold_views(play("approved", "run-1"))["run-1"]
+    changes = r.changes_between({}, {"run-1": view})
+    (written,) = changes.runs
+    assert written.started_at == view.state.started_at_ms
+    assert written.updated_at == view.updated_at_ms
+    assert r.read_back(written) == r.run_row(view)
+    assert r.run_row(view).started_at == r.from_ms(view.state.started_at_ms)
+    assert [r.read_back(row) for row in changes.steps] == r.step_rows(view)
+    assert [r.read_back(row) for row in changes.approvals] == r.approval_rows(view)
+    assert changes.approvals[0].deadline_at == view.approvals["act"].deadline_at_ms
+
+
 def test_the_view_holds_exactly_the_state_evolve_gives() -> None:
     for scenario in ALL:
         events = play(scenario, "run-1")
@@ -124,12 +137,13 @@ def _cancelled_while_pending(run_id: str) -> list[ev.Event]:
 
 
 def _apply(tables: dict[str, dict[Any, Any]], changes: r.Changes) -> None:
-    """What a store does: upsert rows by primary key, add count deltas."""
-    for row in changes.runs:
+    """What a store does: upsert rows by primary key, add count deltas; and what
+    PostgreSQL gives back (times as datetime)."""
+    for row in map(r.read_back, changes.runs):
         tables["runs"][row.run_id] = row
-    for row in changes.steps:
+    for row in map(r.read_back, changes.steps):
         tables["steps"][(row.run_id, row.step_id)] = row
-    for row in changes.approvals:
+    for row in map(r.read_back, changes.approvals):
         tables["approvals"][(row.run_id, row.step_id)] = row
     for row in changes.counts:
         old = tables["counts"].get(row[:2], (0,) * 7)

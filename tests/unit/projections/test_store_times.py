@@ -1,23 +1,25 @@
-"""The statement backend sends row times as epoch milliseconds: exactly, or not at all."""
+"""The statement backend sends row times as epoch milliseconds: only those a datetime holds."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from apex.projections import rows as r
-from apex.projections.store import _epoch_ms
+from apex.projections.store import _check_times
+
+_MIN_MS, _MAX_MS = -62_135_596_800_000, 253_402_300_799_999
+"""The times a datetime holds (years 1 to 9999)."""
 
 
-def test_a_row_time_goes_as_its_exact_epoch_milliseconds() -> None:
-    for ms in (0, 1, 999, 1_700_000_000_123, 4_102_444_800_001):
-        assert _epoch_ms(r.from_ms(ms)) == ms
-        assert _epoch_ms(r.from_ms(ms)) == ms  # the remembered answer too
-    assert _epoch_ms(None) is None
+def test_times_a_datetime_holds_go_as_they_are() -> None:
+    _check_times("runs", "started_at", [_MIN_MS, None, 0, 1_700_000_000_123, _MAX_MS])
+    _check_times("runs", "started_at", [None, None])
+    _check_times("runs", "started_at", [])
 
 
-def test_a_time_finer_than_a_millisecond_is_refused_not_cut() -> None:
-    finer = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(microseconds=1)
-    with pytest.raises(ValueError, match="not a whole millisecond"):
-        _epoch_ms(finer)
+@pytest.mark.parametrize("at_ms", [_MIN_MS - 1, _MAX_MS + 1, 10**18])
+def test_a_time_no_datetime_holds_is_refused_as_from_ms_refuses_it(at_ms: int) -> None:
+    with pytest.raises(OverflowError):
+        r.from_ms(at_ms)
+    with pytest.raises(OverflowError, match=rf"steps.finished_at: time {at_ms} ms is outside"):
+        _check_times("steps", "finished_at", [1, None, at_ms, 2])
