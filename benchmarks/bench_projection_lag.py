@@ -1,7 +1,7 @@
 """Projection lag under load: event appended → its rows committed in PostgreSQL.
 
     .venv/bin/python benchmarks/bench_projection_lag.py [--rate 12000] [--seconds 20]
-        [--projectors 1,2] [--quick] [--json]
+        [--projectors 1,2] [--rounds 3] [--quick] [--json]
 
 A producer process appends synthetic events (``synthetic_log.py``: real decider
 output, 200 runs interleaved per partition, 6 partitions) at ``--rate`` events/s
@@ -17,7 +17,11 @@ An event's lag is the time from its record timestamp (set when the producer
 sent it) to the COMMIT of the transaction that applied it. Events/s applied
 counts from the producer's first append to the last event's COMMIT; CPU per
 event is the projector processes' own CPU over that span (the producer and
-this process are not counted). Target (DESIGN.md): p99 < 250 ms; the top-level
+this process are not counted). Each count is measured in ``--rounds`` rounds,
+the counts taking turns, and reports its median round by lag p99 (every
+round's figures stay in its ``rounds``): one round lasts ~40 s, and this VM's
+speed moves with its neighbours (the same projector measured p99 237-911 ms in
+separate runs within an hour). Target (DESIGN.md): p99 < 250 ms; the top-level
 figures are those of the count with the lowest p99 (``projectors``), each count
 is in ``by_projectors``. Topics and schemas are dropped afterwards. Needs the
 dev stack. Figures only: the test suite never asserts timings.
@@ -75,13 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--projectors", default="1,2", help="comma-separated projector-process counts to try"
     )
-    parser.add_argument("--quick", action="store_true", help="3,000 events/s for 5 s")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of each count, taking turns; each reports its median round (default 3)",
+    )
+    parser.add_argument("--quick", action="store_true", help="3,000 events/s for 5 s, 1 round")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rate, args.seconds = 3_000, 5.0
+        args.rate, args.seconds, args.rounds = 3_000, 5.0, 1
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     counts = [int(n) for n in args.projectors.split(",")]
-    by_projectors = [asyncio.run(measure(args.rate, args.seconds, n)) for n in counts]
+    rounds: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+    for _ in range(args.rounds):
+        for n in counts:
+            rounds[n].append(asyncio.run(measure(args.rate, args.seconds, n)))
+    by_projectors = [median_round(rounds[n]) for n in counts]
     best = min(by_projectors, key=lambda row: row["lag"].get("p99_ms", math.inf))
     report = {
         **best,
@@ -95,6 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(report)
     return 0
+
+
+def median_round(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The round whose lag p99 is the median (the worse of the two middle ones), with
+    every round's headline figures under ``rounds``."""
+    ordered = sorted(rounds, key=lambda row: row["lag"].get("p99_ms", math.inf))
+    median = ordered[len(ordered) // 2]
+    return {
+        **median,
+        "rounds": [
+            {
+                "lag_p99_ms": row["lag"].get("p99_ms"),
+                "lag_p50_ms": row["lag"].get("p50_ms"),
+                "events_per_s": row["events_per_s"],
+                "cpu_us_per_event": row["cpu_us_per_event"],
+                "events_per_batch": row["events_per_batch"],
+            }
+            for row in rounds
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -410,12 +446,13 @@ def print_table(report: dict[str, Any]) -> None:
             f"(target p99 < {TARGET_P99_MS:.0f} ms)"
         ),
         caption=(
-            f"{report['events']:,} events per count; CPU: the projector processes' own; "
+            f"{report['events']:,} events per round, the median round of "
+            f"{len(report['rounds'])} by p99; CPU: the projector processes' own; "
             f"{info['cores']} cores, load {info['load_average']}"
         ),
     )
     columns = ("projectors", "p50", "p95", "p99", "max", "applied/s", "per batch",
-               "CPU µs/event")  # fmt: skip
+               "CPU µs/event", "p99 by round")  # fmt: skip
     for column in columns:
         table.add_column(column, justify="right")
     for row in report["by_projectors"]:
@@ -429,6 +466,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{row['events_per_s']:,}",
             str(row["events_per_batch"]),
             str(row["cpu_us_per_event"]),
+            " / ".join(f"{r['lag_p99_ms']:.0f}" for r in row["rounds"] if r["lag_p99_ms"]),
         )
     Console().print(table)
 
