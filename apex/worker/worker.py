@@ -5,9 +5,15 @@
 
 Each capability is a *lane*: one consumer in the group
 ``<prefix>workers.<capability>`` reading ``<prefix>tasks.<capability>``, and a
-concurrency limit. A lane fetches only as many dispatches as it has free
-slots; when it is full it pauses its partitions but keeps polling, so the
-group does not evict a worker whose tasks are merely long.
+concurrency limit. A lane takes up to as many dispatches again as it has
+slots into a backlog, in the order fetched, and starts the next one from it the
+moment a slot frees; when slots and backlog are both full it pauses its
+partitions but keeps polling, so the group does not evict a worker whose tasks
+are merely long, and resumes once the backlog is half empty. The backlog keeps
+a busy lane's slots filled across fetches: taking only as many records as
+slots were free left the rest in the consumer, which refetches a paused
+partition's records and sends a broker no fetch while it holds records not
+taken, so freed slots waited for a fetch (up to the fetch wait).
 
 Delivery is at least once. A dispatch's offset is committed only when the
 outcome report of that dispatch, and of every dispatch before it in its
@@ -36,6 +42,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -216,6 +223,8 @@ class _Lane:
         self.agent = agent
         self.limit = worker.concurrency or agent.concurrency or settings.worker_concurrency
         self.runs: dict[asyncio.Task[None], TaskRun | None] = {}
+        self.backlog: deque[tuple[TopicPartition, Any, PartitionOffsets]] = deque()
+        """Fetched, received by its partition's offsets, waiting for a slot."""
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._reporter = reporter
         self._heartbeat_s = agent.heartbeat_s or settings.worker_heartbeat_s or None
@@ -223,7 +232,7 @@ class _Lane:
         self._non_retryable = (
             worker.non_retryable if agent.non_retryable is None else agent.non_retryable
         )
-        self._slot_freed = asyncio.Event()
+        self._backlog_low = asyncio.Event()
         self._alarms = Alarms()
         group = worker.group_of(agent.capability)
         self.group = group
@@ -247,24 +256,24 @@ class _Lane:
         interval = self.worker.settings.worker_commit_interval_s
         next_commit = loop.time() + interval
         while not stopping.is_set():
-            free = self.limit - len(self.runs)
-            if free > 0:
+            room = 2 * self.limit - len(self.runs) - len(self.backlog)
+            if room > 0:
                 if self.consumer.paused():
                     self.consumer.resume(*self.consumer.paused())
-                batch = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=free)
-                self._start_all(batch)
+                batch = await self.consumer.getmany(timeout_ms=POLL_MS, max_records=room)
+                self._take(batch)
             else:
-                await self._idle_until_slot(stopping)
+                await self._idle_until_backlog_low(stopping)
             if loop.time() >= next_commit:
                 await self.commit(quiet=True)
                 next_commit = loop.time() + interval
 
-    async def _idle_until_slot(self, stopping: asyncio.Event) -> None:
+    async def _idle_until_backlog_low(self, stopping: asyncio.Event) -> None:
         """Full: pause fetching, but keep polling so the group sees a live member."""
         self.consumer.pause(*self.consumer.assignment())
-        self._slot_freed.clear()
+        self._backlog_low.clear()
         poll = asyncio.ensure_future(self.consumer.getmany(timeout_ms=10 * POLL_MS))
-        waits = {poll, asyncio.ensure_future(self._slot_freed.wait())}
+        waits = {poll, asyncio.ensure_future(self._backlog_low.wait())}
         waits.add(asyncio.ensure_future(stopping.wait()))
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -272,20 +281,32 @@ class _Lane:
             for wait in waits:
                 wait.cancel()
         if poll.done() and not poll.cancelled() and poll.exception() is None:
-            # Records of partitions assigned while we were paused: no slot for them,
-            # so rewind; they are fetched again when a slot frees.
+            # Records of partitions assigned while we were paused: no room for them,
+            # so rewind; they are fetched again once the backlog is half empty.
             for tp, records in poll.result().items():
                 if records:
                     self.consumer.seek(tp, records[0].offset)
 
-    def _start_all(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _take(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Received from now on (uncommitted until done): into the backlog, then started."""
         for tp, records in batch.items():
             offsets = self.offsets.get(tp)
             if offsets is None:
                 continue  # revoked meanwhile: its new owner reads it from the committed offset
             for record in records:
                 offsets.received(record.offset)
-                self.runs[asyncio.create_task(self._process(record, offsets))] = None
+                self.backlog.append((tp, record, offsets))
+        self._start_from_backlog()
+
+    def _start_from_backlog(self) -> None:
+        if self.worker._stopping.is_set():
+            return  # fetching has stopped: what waits stays pending, to be delivered again
+        backlog = self.backlog
+        while backlog and len(self.runs) < self.limit:
+            _, record, offsets = backlog.popleft()
+            self.runs[asyncio.create_task(self._process(record, offsets))] = None
+        if len(backlog) <= self.limit // 2:
+            self._backlog_low.set()
 
     async def _process(self, record: Any, offsets: PartitionOffsets) -> None:
         """One dispatch, from its record to its acknowledged outcome; then its slot is free.
@@ -301,7 +322,7 @@ class _Lane:
             self.worker._fail(exc)
         finally:
             self.runs.pop(task, None)
-            self._slot_freed.set()
+            self._start_from_backlog()
 
     async def _handle(self, record: Any, task: asyncio.Task[None]) -> None:
         try:
@@ -440,6 +461,10 @@ class _Lane:
             self.offsets.setdefault(tp, PartitionOffsets())
 
     async def release(self, revoked: Sequence[TopicPartition]) -> None:
+        # What waits in the backlog is pending: the commit stops below it, and the
+        # partition's next owner receives it again. It must not start here.
+        gone = set(revoked)
+        self.backlog = deque(entry for entry in self.backlog if entry[0] not in gone)
         await self.commit(quiet=True, only=revoked)
         for tp in revoked:
             self.offsets.pop(tp, None)
