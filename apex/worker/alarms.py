@@ -23,6 +23,7 @@ import contextvars
 import heapq
 import itertools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -44,7 +45,10 @@ class Alarms:
     def __init__(self) -> None:
         self._heap: list[Alarm] = []
         self._sequence = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = math.inf
+        """When the timer rings: kept here, since uvloop arms a time already
+        passed as a plain ``Handle``, which has no ``when()``."""
         self._dropped = 0
         """Dropped alarms still in the heap."""
 
@@ -52,7 +56,7 @@ class Alarms:
         """Call ``callback()`` at loop time ``when``, unless :meth:`drop` comes first."""
         alarm = [when, next(self._sequence), callback, contextvars.copy_context()]
         heapq.heappush(self._heap, alarm)
-        if self._timer is None or when < self._timer.when():
+        if self._timer is None or when < self._timer_at:
             self._arm(asyncio.get_running_loop())
         return alarm
 
@@ -80,11 +84,14 @@ class Alarms:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            self._timer_at = math.inf
         if heap:
-            self._timer = loop.call_at(heap[0][0], self._ring)
+            self._timer_at = heap[0][0]
+            self._timer = loop.call_at(self._timer_at, self._ring)
 
     def _ring(self) -> None:
         self._timer = None
+        self._timer_at = math.inf
         loop = asyncio.get_running_loop()
         now = loop.time()
         heap = self._heap

@@ -125,3 +125,21 @@ async def test_dropped_far_alarms_do_not_pile_up_in_the_heap() -> None:
     assert _names(rang) == ["kept"]
     alarms.drop(kept)  # already rung: nothing to forget
     assert len(alarms) == 0
+
+
+def test_an_alarm_set_in_the_past_then_another_on_uvloop() -> None:
+    # uvloop arms a time already passed as a plain Handle, without when(): the
+    # second alarm must still be compared with the first (it raised AttributeError).
+    import uvloop
+
+    async def main() -> list[str]:
+        loop = asyncio.get_running_loop()
+        alarms = Alarms()
+        rang: list[str] = []
+        done = asyncio.Event()
+        alarms.call_at(loop.time() - 1.0, _ring(rang, "past"))
+        alarms.call_at(loop.time() + 0.02, _ring(rang, "soon", done))
+        await asyncio.wait_for(done.wait(), WAIT_S)
+        return rang
+
+    assert _names(uvloop.run(main())) == ["past", "soon"]
