@@ -124,7 +124,10 @@ class Settings:
     worker_concurrency: int = _setting(
         "APEX_WORKER_CONCURRENCY",
         8,
-        "Tasks a worker runs at once per capability, unless the agent sets its own limit.",
+        "Tasks a worker runs at once per capability, unless the agent sets its own limit. "
+        "A worker also holds up to as many dispatches again, fetched in order, to start the "
+        "moment a slot frees; they are not committed until done, so a worker that stops or "
+        "loses the partition leaves them to be delivered again.",
     )
     worker_grace_s: float = _setting(
         "APEX_WORKER_GRACE_S",

@@ -83,7 +83,7 @@ async def _lane_with(
 async def test_finished_tasks_free_their_slots_and_become_committable() -> None:
     reporter = FakeReporter()
     async with _lane_with(reporter) as (worker, lane, offsets):
-        lane._start_all({TP: [_record(5), _record(6)]})
+        lane._take({TP: [_record(5), _record(6)]})
         assert len(lane.runs) == 2
         await asyncio.wait_for(asyncio.gather(*lane.runs), WAIT_S)
 
@@ -93,10 +93,25 @@ async def test_finished_tasks_free_their_slots_and_become_committable() -> None:
     assert worker.stats.succeeded == 2
 
 
+async def test_a_full_lane_starts_what_it_took_in_order_as_slots_free() -> None:
+    reporter = FakeReporter()
+    async with _lane_with(reporter) as (_, lane, offsets):
+        lane.limit = 1
+        lane._take({TP: [_record(5), _record(6), _record(7)]})
+        assert (len(lane.runs), len(lane.backlog)) == (1, 2)
+        assert offsets.committable() == 5  # what waits is received: nothing passes it
+        while lane.runs:  # each finished task starts the next one waiting
+            await asyncio.wait_for(asyncio.gather(*lane.runs), WAIT_S)
+
+    assert not lane.backlog
+    assert offsets.committable() == 8
+    assert [c.run_id for c in reporter.sent] == ["run-5", "run-6", "run-7"]
+
+
 async def test_an_undelivered_report_fails_the_worker_and_holds_the_offset_back() -> None:
     reporter = FakeReporter(fail=True)
     async with _lane_with(reporter) as (worker, lane, offsets):
-        lane._start_all({TP: [_record(5)]})
+        lane._take({TP: [_record(5)]})
         await asyncio.wait_for(asyncio.gather(*lane.runs), WAIT_S)
 
     assert lane.runs == {}  # the slot is free, but ...
@@ -107,7 +122,7 @@ async def test_an_undelivered_report_fails_the_worker_and_holds_the_offset_back(
 async def test_a_task_cancelled_at_shutdown_is_neither_reported_nor_committed() -> None:
     reporter = FakeReporter()
     async with _lane_with(reporter) as (worker, lane, offsets):
-        lane._start_all({TP: [_record(5)]})
+        lane._take({TP: [_record(5)]})
         await asyncio.sleep(0)  # the task starts; its agent yields once
         tasks = lane.cancel_all()
         await asyncio.wait_for(asyncio.wait(tasks), WAIT_S)
