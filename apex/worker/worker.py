@@ -465,6 +465,8 @@ class _Lane:
         # partition's next owner receives it again. It must not start here.
         gone = set(revoked)
         self.backlog = deque(entry for entry in self.backlog if entry[0] not in gone)
+        if len(self.backlog) <= self.limit // 2:
+            self._backlog_low.set()  # a lane idling because it was full fetches again
         await self.commit(quiet=True, only=revoked)
         for tp in revoked:
             self.offsets.pop(tp, None)
