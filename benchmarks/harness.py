@@ -260,10 +260,17 @@ def _markdown_target(options: Options) -> Path | None:
 
 def results_path(report: dict[str, Any], options: Options, stamp: datetime) -> Path:
     """``<date>-<host>.json`` for a full run, ``-quick`` for a quick one, ``-only`` for one
-    of some scenarios (which must not replace the full run that RESULTS.md names); a
-    later run of the same kind that day replaces it."""
-    suffix = "-quick" if options.quick else "-only" if options.only else ""
-    return options.results_dir / f"{stamp:%Y-%m-%d}-{report['machine']['host']}{suffix}.json"
+    of some scenarios (which must not replace the full run that RESULTS.md names). A
+    full run never replaces another: the day's second is ``<date>-<host>-2.json``, and so
+    on. A later quick or partial run of the same day replaces the earlier one."""
+    stem = f"{stamp:%Y-%m-%d}-{report['machine']['host']}"
+    if options.quick or options.only:
+        return options.results_dir / f"{stem}{'-quick' if options.quick else '-only'}.json"
+    path, n = options.results_dir / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = options.results_dir / f"{stem}-{n}.json"
+    return path
 
 
 @contextlib.contextmanager
