@@ -69,6 +69,7 @@ _SKIPPED = StepStatus.SKIPPED
 _FAILED = StepStatus.FAILED
 _CANCELLED = StepStatus.CANCELLED
 
+
 def decide(state: RunState | None, command: cmd.Command) -> list[ev.Event]:
     """The events ``command`` causes in the run whose state is ``state``."""
     return decide_and_evolve(state, command)[0]
@@ -248,9 +249,7 @@ _new_run_started = constructor(ev.RunStarted)
 """``RunStarted``'s fast constructor (:mod:`apex.domain.frozen`): one for every run."""
 
 
-def _start(
-    state: RunState | None, c: cmd.StartRun
-) -> tuple[list[ev.Event], RunState | None]:
+def _start(state: RunState | None, c: cmd.StartRun) -> tuple[list[ev.Event], RunState | None]:
     if state is not None:
         if c.command_id == state.start_command_id or (
             c.idempotency_key and c.idempotency_key == state.idempotency_key
@@ -272,8 +271,9 @@ def _start(
         if problems:
             return [
                 _rejection_without_run(
-                    c, f"input does not match {definition.key}'s input contract: "
-                    + "; ".join(problems)
+                    c,
+                    f"input does not match {definition.key}'s input contract: "
+                    + "; ".join(problems),
                 )
             ], None
     d = _Decision(None, c)
@@ -295,9 +295,7 @@ def _start(
         # Folding RunStarted orders the steps (graph.topological_order): a cycle, an
         # unknown dependency or a duplicate step id leaves no order. Refuse the start
         # rather than raise, so one bad definition cannot stop the orchestrator.
-        detail = (
-            "; ".join(map(str, exc.problems)) if isinstance(exc, DefinitionError) else str(exc)
-        )
+        detail = "; ".join(map(str, exc.problems)) if isinstance(exc, DefinitionError) else str(exc)
         reason = f"workflow definition {definition.key} is invalid: {detail}"
         return [_rejection_without_run(c, reason)], None
     if definition.timeout_ms is not None:
@@ -579,10 +577,7 @@ def _signal(d: _Decision, c: cmd.SendSignal) -> None:
         d.reject(f"no step of {run.definition.key} waits for signal {c.name!r}")
         return
     open_steps = [
-        s
-        for s in candidates
-        if run.steps[s.id].status
-        in (_PENDING, _SCHEDULED, _AWAITING_SIGNAL)
+        s for s in candidates if run.steps[s.id].status in (_PENDING, _SCHEDULED, _AWAITING_SIGNAL)
     ]
     if not open_steps:
         d.reject(f"every step waiting for signal {c.name!r} is past its wait")

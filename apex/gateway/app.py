@@ -133,9 +133,7 @@ def _trace_requests(app: FastAPI) -> None:
 
     @app.middleware("http")
     async def trace_request(request: Any, call_next: Any) -> Any:
-        with telemetry.http_server_span(
-            request.method, request.url.path, request.headers
-        ) as span:
+        with telemetry.http_server_span(request.method, request.url.path, request.headers) as span:
             response = await call_next(request)
             if span is not None:
                 route = request.scope.get("route")

@@ -57,6 +57,7 @@ async def scan_values(
     position = start
     if position >= end:
         return
+
     def request(offset: int) -> asyncio.Future[tuple[bytes, Aborted]]:
         return asyncio.ensure_future(
             fetch(consumer, tp, offset, fetch_bytes, max_wait_ms=_MAX_WAIT_MS)

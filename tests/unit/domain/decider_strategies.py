@@ -343,9 +343,7 @@ def _steps(
         )
     signal = None
     if with_signals and draw(_sometimes()):
-        correlation: Ref | str | None = draw(
-            st.sampled_from([None, "k1", input_ref("key")])
-        )
+        correlation: Ref | str | None = draw(st.sampled_from([None, "k1", input_ref("key")]))
         signal = SignalWait(
             name=draw(st.sampled_from(SIGNAL_NAMES)),
             correlation=correlation,
@@ -382,11 +380,7 @@ def workflow_dags(
     for i in range(count):
         sid = f"s{i}"
         steps.append(
-            draw(
-                _steps(
-                    sid, ids, with_conditions, with_approvals, with_signals, with_timeouts
-                )
-            )
+            draw(_steps(sid, ids, with_conditions, with_approvals, with_signals, with_timeouts))
         )
         ids.append(sid)
     outputs: dict[str, Ref] = {}

@@ -206,9 +206,9 @@ class World:
             assert run.timers == {}
 
     def expect_nothing_or_refusal(self, events: list[ev.Event]) -> None:
-        assert events == [] or (
-            len(events) == 1 and isinstance(events[0], ev.CommandRejected)
-        ), events
+        assert events == [] or (len(events) == 1 and isinstance(events[0], ev.CommandRejected)), (
+            events
+        )
 
     def expect_refusal(self, events: list[ev.Event], reason: str | None = None) -> None:
         assert len(events) == 1 and isinstance(events[0], ev.CommandRejected), events
@@ -281,9 +281,7 @@ class World:
         self.cancel_sent = True
         unfinished = [sid for sid in self.run.order if not self.run.steps[sid].status.finished]
         events = self.driver.cancel("the world changed its mind")
-        assert [type(e) for e in events] == [ev.StepCancelled] * len(unfinished) + [
-            ev.RunCancelled
-        ]
+        assert [type(e) for e in events] == [ev.StepCancelled] * len(unfinished) + [ev.RunCancelled]
 
     # -- moves against the rules (within the noise budget) ---------------------------------------
 
