@@ -219,7 +219,10 @@ class Orchestrator:
         await self._catalog.start()
         await self._ensure_task_topics(self._catalog.capabilities())
         consumer = make_consumer(
-            self.settings, group_id=self.group, client_id=f"{self.group}-{self.instance}"
+            self.settings,
+            group_id=self.group,
+            client_id=f"{self.group}-{self.instance}",
+            refetch_later=True,  # a command's transaction goes out before the next fetch
         )
         self._consumer = consumer
         consumer.subscribe([self._commands_topic], listener=_Rebalance(self))

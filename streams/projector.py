@@ -111,7 +111,7 @@ BeforeCommit = Callable[[TopicPartition, Sequence[Any]], Awaitable[None]]
 
 _MAX_DB_RETRIES = 5
 
-FETCH: dict[str, int] = {
+FETCH: dict[str, Any] = {
     "fetch_min_bytes": 1024 * 1024,
     "fetch_max_wait_ms": 50,
     "max_partition_fetch_bytes": 4 * 1024 * 1024,

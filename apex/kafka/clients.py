@@ -26,6 +26,7 @@ What aiokafka does on every record or transaction that Apex pays for a great dea
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import random
@@ -204,9 +205,61 @@ def make_producer(
     return _Producer(**options)
 
 
+REFETCH_AFTER_S = 0.001
+"""How long a consumer made with ``refetch_later=True`` waits, once its records
+are taken, before asking the broker for more (see :class:`_RefetchLater`)."""
+
+
+class _RefetchLater(AIOKafkaConsumer):  # type: ignore[misc]
+    """A consumer that asks for more records :data:`REFETCH_AFTER_S` after its
+    records are taken, instead of at once.
+
+    aiokafka sends no fetch to a broker while records it fetched from it wait to
+    be taken; ``getmany`` taking them wakes its fetcher, which then builds and
+    sends the next Fetch. That wake-up is queued before anything the caller then
+    sends, so on the hop's path — the orchestrator takes a command and sends its
+    transaction, the worker takes a dispatch and sends its report — the next
+    Fetch went out first, and the Produce waited the fetcher's turns of the loop
+    (chain5 c=1, hop timeline: 0.43 ms from the agent's return to the report's
+    Produce, 0.69 ms from the command in hand to the transaction's). The deferred
+    wake-up lets the Produce go first (0.18 and 0.46 ms). End to end, chain5 c=1,
+    8 interleaved rounds: steps/s higher in 6 (medians 169 -> 177), hop p50 lower
+    in 8 (4.22 -> 3.91 ms), p99 lower in 6 (11.5 -> 9.9 ms); at 1,000 runs in
+    flight and fan10 c=100, 2 rounds each, no worse.
+
+    The cost: records that reach the broker meanwhile, or wait there already,
+    come up to :data:`REFETCH_AFTER_S` later. No wake-up is lost: the fetcher
+    still wakes at once for everything else (a fetch answered, a seek, an
+    assignment), and when it has started another round before the deferred
+    wake-up comes, that round already saw the records taken (the wake-up then
+    sets a future nobody waits for).
+    """
+
+    async def start(self) -> None:
+        await super().start()
+        fetcher = self._fetcher
+        notify = fetcher._notify  # aiokafka's: sets the future unless it is done
+        later = asyncio.get_running_loop().call_later
+
+        def deferred(future: asyncio.Future[None] | None) -> None:
+            if future is not None and future is fetcher._wait_consume_future:
+                later(REFETCH_AFTER_S, notify, future)
+            else:
+                notify(future)
+
+        fetcher._notify = deferred
+
+
 def make_consumer(
-    settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any
+    settings: Settings,
+    *topics: str,
+    group_id: str | None = None,
+    refetch_later: bool = False,
+    **overrides: Any,
 ) -> AIOKafkaConsumer:
+    """A read-committed consumer that never auto-commits. ``refetch_later``: one
+    on the hop's path, which sends what it took before fetching more
+    (:class:`_RefetchLater`)."""
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "group_id": group_id,
@@ -219,7 +272,7 @@ def make_consumer(
         "max_poll_interval_ms": 600_000,
     }
     options.update(overrides)
-    return AIOKafkaConsumer(*topics, **options)
+    return (_RefetchLater if refetch_later else AIOKafkaConsumer)(*topics, **options)
 
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

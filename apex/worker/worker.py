@@ -237,7 +237,10 @@ class _Lane:
         group = worker.group_of(agent.capability)
         self.group = group
         self.consumer: AIOKafkaConsumer = make_consumer(
-            settings, group_id=group, client_id=f"{group}-{worker.worker_id}"
+            settings,
+            group_id=group,
+            client_id=f"{group}-{worker.worker_id}",
+            refetch_later=True,  # a task's reports go out before the next fetch
         )
         self.consumer.subscribe([task_topic(settings, agent.capability)], listener=_Rebalance(self))
 
