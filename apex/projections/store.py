@@ -292,8 +292,11 @@ class _PostgresStore:
             raw = await connection.get_raw_connection()
             driver = raw.driver_connection
             assert driver is not None and not driver.is_in_transaction()
-            await driver.execute(_BEGIN)
             try:
+                # Inside the try: a task cancelled while BEGIN is in flight (the
+                # projector's next transaction, when the one before fails) left
+                # the connection in a transaction, pooled, for the next user.
+                await driver.execute(_BEGIN)
                 yield _Unit(self, connection, driver)
             except BaseException:
                 try:
