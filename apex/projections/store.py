@@ -294,8 +294,9 @@ class _PostgresStore:
             assert driver is not None and not driver.is_in_transaction()
             try:
                 # Inside the try: a task cancelled while BEGIN is in flight (the
-                # projector's next transaction, when the one before fails) left
-                # the connection in a transaction, pooled, for the next user.
+                # projector's next transaction, when the one before fails) must
+                # roll back too, or its connection goes back to the pool inside a
+                # transaction (SQLAlchemy's reset knows nothing of this BEGIN).
                 await driver.execute(_BEGIN)
                 yield _Unit(self, connection, driver)
             except BaseException:
