@@ -229,11 +229,12 @@ class _RefetchLater(AIOKafkaConsumer):  # type: ignore[misc]
     flight and fan10 c=100, 2 rounds each, no worse.
 
     The cost: records that reach the broker meanwhile, or wait there already,
-    come up to :data:`REFETCH_AFTER_S` later. No wake-up is lost: the fetcher
-    still wakes at once for everything else (a fetch answered, a seek, an
-    assignment), and when it has started another round before the deferred
-    wake-up comes, that round already saw the records taken (the wake-up then
-    sets a future nobody waits for).
+    come up to :data:`REFETCH_AFTER_S` later; so does the fetch after a seek or an
+    offset reset, which aiokafka signals with the same wake-up. No wake-up is
+    lost: a fetch answered or an assignment still wakes the fetcher at once, and
+    when it has started another round before the deferred wake-up comes, that
+    round already saw the records taken (the wake-up then sets a future nobody
+    waits for).
     """
 
     async def start(self) -> None:
