@@ -67,7 +67,10 @@ class Settings:
     )
 
     linger_ms: int = _setting(
-        "APEX_LINGER_MS", 1, "Producer linger: how long a batch waits for more records."
+        "APEX_LINGER_MS",
+        0,
+        "Producer linger: how long a batch waits for more records. 0 sends each at once; "
+        "records sent while a request is in flight still share the next one.",
     )
     event_loop: str = _setting(
         "APEX_EVENT_LOOP",
