@@ -259,10 +259,14 @@ async def test_approve_from_the_http_inbox(
     assert (await deployment.client.wait([run_id], timeout_s=30))[run_id].status == "completed"
 
     async def decided() -> dict[str, Any] | None:
+        # The run's end comes in a later transaction than the approval, so the read
+        # models may show the approval granted while the run still runs: wait for both
+        # (the gateway refuses a cancel only once the read models show the run finished).
         run = (await http.get(f"/v1/runs/{run_id}", headers=headers)).json()
-        return run if run["approvals"] and run["approvals"][0]["status"] == "granted" else None
+        granted = run["approvals"] and run["approvals"][0]["status"] == "granted"
+        return run if granted and run["status"] == "completed" else None
 
-    run = await eventually(decided, what="the approval granted in the read models")
+    run = await eventually(decided, what="the approval granted and the run ended, read models")
     assert run["approvals"][0]["decided_by"] == "acme-ops"
     twice = await http.post(f"/v1/runs/{run_id}/steps/ship/approve", headers=headers)
     never = await http.post(f"/v1/runs/{run_id}/steps/prepare/reject", headers=headers)
