@@ -266,7 +266,7 @@ async def test_approve_from_the_http_inbox(
         granted = run["approvals"] and run["approvals"][0]["status"] == "granted"
         return run if granted and run["status"] == "completed" else None
 
-    run = await eventually(decided, what="the approval granted and the run ended, read models")
+    run = await eventually(decided, what="the approval and the run's end in the read models")
     assert run["approvals"][0]["decided_by"] == "acme-ops"
     twice = await http.post(f"/v1/runs/{run_id}/steps/ship/approve", headers=headers)
     never = await http.post(f"/v1/runs/{run_id}/steps/prepare/reject", headers=headers)
