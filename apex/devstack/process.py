@@ -88,6 +88,16 @@ def live_pid(pid_file: Path, looks_like_ours: CmdlineMatcher) -> int | None:
     return None
 
 
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie) process, whatever its command."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.AccessDenied:
+        return True
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+
+
 def process_matches(pid: int, looks_like_ours: CmdlineMatcher) -> bool:
     try:
         proc = psutil.Process(pid)

@@ -15,6 +15,7 @@ from apex.devstack.process import (
     StackError,
     live_pid,
     port_in_use,
+    process_alive,
     rotate_log,
     spawn_detached,
     stop_process,
@@ -142,7 +143,12 @@ class LocalService(ABC):
                 reason = await self.bootstrap(reason)
             if reason is None:
                 return time.monotonic() - started
-            if self.running_pid() != pid:
+            # Alive is enough here: the pid is the one just spawned, and until the
+            # spawning shell's child has exec'd, its command line is the shell's.
+            # `running_pid` would call that "not ours" and drop the pid file,
+            # leaving a service that answers a moment later and nothing to stop it by.
+            if not process_alive(pid):
+                self.pid_file.unlink(missing_ok=True)
                 raise StackError(
                     f"{self.name} exited while starting ({reason}).\n"
                     f"Last lines of {self.log_file}:\n{tail(self.log_file)}"
