@@ -45,7 +45,7 @@ from apex.domain.messages import RunResult
 from apex.kafka.clients import make_consumer, topic_partitions
 from benchmarks import hop_timeline, procs
 from benchmarks.apex_agents import CAPABILITY
-from benchmarks.loop import closed_loop, driver_arguments, emit, report
+from benchmarks.loop import closed_loop, driver_arguments, emit, report, warm_up
 from benchmarks.projection_lag import LagProbe
 from benchmarks.sampler import Sampler
 from benchmarks.workload import FAN_WIDTH, SHAPES, Shape
@@ -177,16 +177,9 @@ async def run(args: Any) -> dict[str, Any]:
                 return result.outputs
 
             try:
-                # Warm-up: topics, consumer group joins, first fetches; not measured.
-                warm = await closed_loop(
-                    run_one,
-                    concurrency=min(args.concurrency, args.warmup),
-                    runs=args.warmup,
-                    max_seconds=90,
-                    run_timeout_s=90,
-                )
-                if warm.completed == 0:
-                    raise RuntimeError(f"no warm-up run finished: {warm.errors}")
+                # Warm-up: consumer group joins, first fetches, the topics' first index
+                # pages (benchmarks/loop.py); not measured.
+                warm = await warm_up(run_one, args)
                 broker = _broker_pid(settings)
                 sampler = Sampler(
                     {name: proc.pid for name, proc in services.items()},
@@ -233,6 +226,7 @@ async def run(args: Any) -> dict[str, Any]:
         args.concurrency,
         loop,
         warmup_runs=warm.completed,
+        warmup_s=round(warm.elapsed_s, 1),
         worker_concurrency=args.worker_concurrency,
         processes=usage,
         topic_prefix=settings.topic_prefix,

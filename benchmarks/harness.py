@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from apex.config import REPO_ROOT, Settings
-from benchmarks import external, procs
+from benchmarks import external, loop, procs
 from benchmarks.hop_timeline import breakdown, load
 from benchmarks.machine import cpu_stall_us, git_revision, machine, versions
 from benchmarks.profiling import summarise
@@ -94,6 +94,8 @@ class Options:
     markdown: Path | None = None
     """Where the Markdown goes; None: RESULTS.md for a full run of everything, else nowhere."""
     warmup: int = 20
+    warmup_s: float = loop.WARMUP_SECONDS
+    """Each end-to-end cell's least warm-up time, every system alike (0 with --quick)."""
     warm_broker_s: float = 90.0
     """Seconds of throwaway Apex load before the first end-to-end cell (not with --quick)."""
 
@@ -335,6 +337,7 @@ def _e2e(
         "--runs", str(level.runs),
         "--max-seconds", str(level.max_seconds),
         "--warmup", str(min(options.warmup, max(2, level.runs // 5))),
+        "--warmup-seconds", str(0.0 if options.quick else options.warmup_s),
         "--worker-concurrency", str(options.worker_concurrency),
         "--json",
     ]  # fmt: skip
@@ -409,7 +412,8 @@ def _warm_broker(options: Options, run_dir: Path) -> dict[str, Any]:
     seconds = options.warm_broker_s
     argv = [
         "benchmarks.apex_e2e", "--shape", "chain5", "--concurrency", "100",
-        "--runs", "1000000", "--max-seconds", str(seconds), "--warmup", "2",
+        "--runs", "1000000", "--max-seconds", str(seconds),
+        "--warmup", "2", "--warmup-seconds", "0",
         "--worker-concurrency", str(options.worker_concurrency), "--json",
         "--log-dir", str(run_dir / "warm-up"),
     ]  # fmt: skip

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from dbos import DBOS, DBOSConfig
 
 from benchmarks import procs
-from benchmarks.loop import closed_loop, driver_arguments, emit, report
+from benchmarks.loop import closed_loop, driver_arguments, emit, report, warm_up
 from benchmarks.sampler import Sampler
 from benchmarks.workload import FAN_WIDTH, SHAPES, hop
 
@@ -71,15 +71,7 @@ async def run(args: Any) -> dict[str, Any]:
             handle = await DBOS.start_workflow_async(workflow)
             return await handle.get_result()
 
-        warm = await closed_loop(
-            run_one,
-            concurrency=min(args.concurrency, args.warmup),
-            runs=args.warmup,
-            max_seconds=90,
-            run_timeout_s=90,
-        )
-        if warm.completed == 0:
-            raise RuntimeError(f"no warm-up run finished: {warm.errors}")
+        warm = await warm_up(run_one, args)
         postmaster = _postgres_pid(args.database_url)
         sampler = Sampler({"app": os.getpid()}, {"postgres": postmaster} if postmaster else {})
         sampler.begin()
@@ -96,6 +88,7 @@ async def run(args: Any) -> dict[str, Any]:
         args.concurrency,
         loop,
         warmup_runs=warm.completed,
+        warmup_s=round(warm.elapsed_s, 1),
         sys_db_pool_size=args.pool_size,
         processes=usage,
     )

@@ -18,7 +18,7 @@ from typing import Any
 from temporalio.client import Client
 
 from benchmarks import procs
-from benchmarks.loop import closed_loop, driver_arguments, emit, report
+from benchmarks.loop import closed_loop, driver_arguments, emit, report, warm_up
 from benchmarks.peers.temporal_workflows import WORKFLOWS
 from benchmarks.sampler import Sampler
 from benchmarks.workload import SHAPES
@@ -53,15 +53,7 @@ async def run(args: Any) -> dict[str, Any]:
                 workflow.run, id=f"{task_queue}-{uuid.uuid4()}", task_queue=task_queue
             )
 
-        warm = await closed_loop(
-            run_one,
-            concurrency=min(args.concurrency, args.warmup),
-            runs=args.warmup,
-            max_seconds=90,
-            run_timeout_s=90,
-        )
-        if warm.completed == 0:
-            raise RuntimeError(f"no warm-up run finished: {warm.errors}")
+        warm = await warm_up(run_one, args)
         pids = {"worker": worker.pid}
         if args.server_pid:
             pids["server"] = args.server_pid
@@ -79,6 +71,7 @@ async def run(args: Any) -> dict[str, Any]:
         args.concurrency,
         loop,
         warmup_runs=warm.completed,
+        warmup_s=round(warm.elapsed_s, 1),
         worker_concurrency=args.worker_concurrency,
         processes=usage,
     )
