@@ -14,6 +14,7 @@ index files, each a page fault that took ~27 ms on this VM's disk under load.
 With 20 warm-up runs that landed in the measured runs of a one-run cell (a
 run's result waiting ~55 ms for its markers). A deployment's topics are long
 lived; the measurement is of that steady state, for every system alike.
+benchmarks/README.md has the figures.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from benchmarks.stats import latency_summary_ms
 from benchmarks.workload import SHAPES, Shape, hops_of
 
-WARMUP_SECONDS = 5.0
+WARMUP_SECONDS = 10.0
 """Default least warm-up time of every driver (the harness passes its own)."""
 
 RunOne = Callable[[], Awaitable[Any]]

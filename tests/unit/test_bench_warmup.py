@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from benchmarks.loop import closed_loop, driver_arguments, warm_up
+from benchmarks.loop import WARMUP_SECONDS, closed_loop, driver_arguments, warm_up
 
 
 async def _noop_run() -> dict[str, object]:
@@ -33,7 +33,7 @@ def test_warm_up_takes_its_runs_and_seconds_from_the_command_line() -> None:
     args = driver_arguments("test").parse_args(
         ["--shape", "chain5", "--concurrency", "1", "--runs", "1", "--warmup", "2"]
     )
-    assert args.warmup_seconds == 5.0, "the default every driver shares"
+    assert args.warmup_seconds == WARMUP_SECONDS, "the default every driver shares"
     args.warmup_seconds = 0.2
     warm = asyncio.run(warm_up(_noop_run, args))
     assert warm.completed > 2 and warm.elapsed_s >= 0.2
