@@ -337,7 +337,7 @@ def _e2e(
         "--runs", str(level.runs),
         "--max-seconds", str(level.max_seconds),
         "--warmup", str(min(options.warmup, max(2, level.runs // 5))),
-        "--warmup-seconds", str(0.0 if options.quick else options.warmup_s),
+        "--warmup-seconds", str(_warmup_s(options)),
         "--worker-concurrency", str(options.worker_concurrency),
         "--json",
     ]  # fmt: skip
@@ -546,6 +546,10 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 2)
 
 
+def _warmup_s(options: Options) -> float:
+    return 0.0 if options.quick else options.warmup_s
+
+
 def _projection_lag(scenario: Scenario, options: Options, run_dir: Path) -> dict[str, Any]:
     assert scenario.level is not None
     level = scenario.level
@@ -553,6 +557,7 @@ def _projection_lag(scenario: Scenario, options: Options, run_dir: Path) -> dict
         *("benchmarks.apex_e2e", "--shape", scenario.shape, "--projector", "--json"),
         *("--concurrency", str(level.concurrency), "--runs", str(level.runs)),
         *("--max-seconds", str(level.max_seconds), "--warmup", str(options.warmup)),
+        *("--warmup-seconds", str(_warmup_s(options))),
         *("--worker-concurrency", str(options.worker_concurrency)),
         *("--log-dir", str(run_dir / scenario.name / "apex")),
     ]
