@@ -81,15 +81,24 @@ def _codec(report: dict[str, Any]) -> Verdict:
 
 
 def _hop_latency(report: dict[str, Any]) -> Verdict:
+    """Judged at the fewest runs in flight, every cell shown.
+
+    In a closed loop of c runs each step waits about c ÷ steps/s (Little's law):
+    at c=100 a 5 ms p50 would take 20,000 steps/s, which is the throughput
+    target's business, not the path's.
+    """
     cells = _apex_cells(report, "chain5")
     if not cells:
         return ("not run", None)
-    parts, met = [], True
+    parts = []
     for concurrency, apex in cells:
         hop = apex["step_to_step"]
         parts.append(f"c={concurrency}: {_fmt(hop.get('p50_ms'))} / {_fmt(hop.get('p99_ms'))}")
-        met = met and hop.get("p50_ms", math.inf) < 5 and hop.get("p99_ms", math.inf) < 25
-    return ("p50 / p99 ms, chain5 — " + "; ".join(parts), met)
+    fewest, path = cells[0]
+    hop = path["step_to_step"]
+    met = hop.get("p50_ms", math.inf) < 5 and hop.get("p99_ms", math.inf) < 25
+    judged = f" (judged at c={fewest}; with more in flight a step also queues, ~c ÷ steps/s)"
+    return ("p50 / p99 ms, chain5 — " + "; ".join(parts) + judged, met)
 
 
 def _throughput(report: dict[str, Any]) -> Verdict:
