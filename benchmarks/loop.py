@@ -1,10 +1,11 @@
 """The closed loop every end-to-end driver runs, and the JSON it reports.
 
 ``concurrency`` lanes each start a run, wait for its result, and start the next,
-until ``runs`` runs were started or ``max_seconds`` passed: at any moment (but
-the tail) ``concurrency`` runs are in flight. A run that fails or has no result
-within ``run_timeout_s`` (300 s; the system may still finish it later) is
-counted, never retried. Elapsed time is from the first start to the last result.
+until ``runs`` runs were started (and ``min_seconds`` passed, for a warm-up) or
+``max_seconds`` passed: at any moment (but the tail) ``concurrency`` runs are in
+flight. A run that fails or has no result within ``run_timeout_s`` (300 s; the
+system may still finish it later) is counted, never retried. Elapsed time is
+from the first start to the last result.
 
 Every driver warms its system up the same way first (:func:`warm_up`): at least
 ``--warmup`` runs *and* at least ``--warmup-seconds``, not measured. The seconds
@@ -62,12 +63,11 @@ async def closed_loop(
     """Runs until ``runs`` were started and ``min_seconds`` passed, or ``max_seconds``."""
     result = LoopResult()
     started = 0
-    begun = time.monotonic()
-    deadline = begun + max_seconds
+    begun = time.perf_counter()  # one instant for the bounds and the elapsed time
 
     def more() -> bool:
-        now = time.monotonic()
-        return now < deadline and (started < runs or now - begun < min_seconds)
+        ran = time.perf_counter() - begun
+        return ran < max_seconds and (started < runs or ran < min_seconds)
 
     async def lane() -> None:
         nonlocal started
@@ -85,10 +85,9 @@ async def closed_loop(
             result.hops.extend(hops_of(outputs))
             result.completed += 1
 
-    t0 = time.perf_counter()
     cpu0 = time.process_time()
     await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, runs)))))
-    result.elapsed_s = time.perf_counter() - t0
+    result.elapsed_s = time.perf_counter() - begun
     result.client_cpu_s = time.process_time() - cpu0
     return result
 
